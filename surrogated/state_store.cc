@@ -1,0 +1,190 @@
+#include "surrogated/state_store.h"
+
+namespace sg {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+Error db_error(sqlite3* db, const std::string& what) { return make_error(what + ": " + sqlite3_errmsg(db)); }
+
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    sqlite3_stmt* raw = nullptr;
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &raw, nullptr);
+    stmt_.reset(raw);
+  }
+  [[nodiscard]] bool ok() const { return rc_ == SQLITE_OK; }
+  Statement& bind(int i, std::int64_t v) {
+    sqlite3_bind_int64(stmt_.get(), i, v);
+    return *this;
+  }
+  Statement& bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_.get(), i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  int step() { return sqlite3_step(stmt_.get()); }
+  [[nodiscard]] std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
+  [[nodiscard]] std::string text(int col) const {
+    const auto* p = sqlite3_column_text(stmt_.get(), col);
+    return p == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(p));
+  }
+  [[nodiscard]] sqlite3* db() const { return db_; }
+
+ private:
+  sqlite3* db_;
+  sql::Stmt stmt_;
+  int rc_;
+};
+
+constexpr const char* kVmColumns =
+    "id, name, domain, owner_fp, owner_key, template, slot, ipv4, ipv6, mac, created, expires, trust_level, "
+    "policy_version, state, released, release_reason, contact, title";
+
+VmRecord read_vm(const Statement& s) {
+  VmRecord v;
+  v.id = s.integer(0);
+  v.name = s.text(1);
+  v.domain = s.text(2);
+  v.owner_fp = s.text(3);
+  v.owner_key_pem = s.text(4);
+  v.template_name = s.text(5);
+  v.slot = static_cast<int>(s.integer(6));
+  v.ipv4 = s.text(7);
+  v.ipv6 = s.text(8);
+  v.mac = s.text(9);
+  v.created = s.integer(10);
+  v.expires = s.integer(11);
+  v.trust_level = s.text(12);
+  v.policy_version = s.text(13);
+  v.state = s.text(14);
+  v.released = s.integer(15);
+  v.release_reason = s.text(16);
+  v.contact = s.text(17);
+  v.title = s.text(18);
+  return v;
+}
+
+}  // namespace
+
+Result<StateStore> StateStore::open(const std::string& path) {
+  sqlite3* raw = nullptr;
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  sql::Db db(raw);
+  if (rc != SQLITE_OK) {
+    return make_error("cannot open state store " + path + ": " + (raw ? sqlite3_errmsg(raw) : "out of memory") +
+                      " (check that state_dir exists and is writable)");
+  }
+  sqlite3_busy_timeout(db.get(), 5000);
+  StateStore store(std::move(db));
+  const char* schema =
+      "PRAGMA journal_mode=WAL;"
+      "PRAGMA synchronous=FULL;"
+      "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS vms ("
+      "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+      "  name TEXT NOT NULL, domain TEXT NOT NULL,"
+      "  owner_fp TEXT NOT NULL, owner_key TEXT NOT NULL, template TEXT NOT NULL,"
+      "  slot INTEGER NOT NULL, ipv4 TEXT NOT NULL, ipv6 TEXT NOT NULL, mac TEXT NOT NULL,"
+      "  created INTEGER NOT NULL, expires INTEGER NOT NULL,"
+      "  trust_level TEXT NOT NULL, policy_version TEXT NOT NULL,"
+      "  state TEXT NOT NULL, released INTEGER NOT NULL DEFAULT 0, release_reason TEXT NOT NULL DEFAULT '',"
+      "  contact TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '');"
+      "CREATE INDEX IF NOT EXISTS vms_state ON vms(state);"
+      "CREATE UNIQUE INDEX IF NOT EXISTS vms_active_slot ON vms(slot) WHERE state != 'released';";
+  if (auto st = store.exec(schema); !st) return with_context("initialising state store " + path, st.error());
+  Statement get(store.db_.get(), "SELECT value FROM meta WHERE key='schema'");
+  if (get.step() == SQLITE_ROW) {
+    if (get.text(0) != std::to_string(kSchemaVersion)) {
+      return make_error("state store " + path + " has schema " + get.text(0) + ", this daemon knows " +
+                        std::to_string(kSchemaVersion) + "; upgrade surrogated");
+    }
+  } else {
+    Statement put(store.db_.get(), "INSERT INTO meta(key, value) VALUES('schema', ?)");
+    put.bind(1, std::to_string(kSchemaVersion));
+    if (put.step() != SQLITE_DONE) return db_error(store.db_.get(), "writing schema version");
+  }
+  return store;
+}
+
+Status StateStore::exec(const char* sql) const {
+  char* msg = nullptr;
+  if (sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
+    std::string m = msg != nullptr ? msg : "unknown error";
+    sqlite3_free(msg);
+    return make_error(m);
+  }
+  return {};
+}
+
+Status StateStore::insert(VmRecord& vm) {
+  Statement s(db_.get(),
+              "INSERT INTO vms (name, domain, owner_fp, owner_key, template, slot, ipv4, ipv6, mac, created, "
+              "expires, trust_level, policy_version, state, contact, title) "
+              "VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  s.bind(1, vm.owner_fp).bind(2, vm.owner_key_pem).bind(3, vm.template_name).bind(4, std::int64_t{vm.slot});
+  s.bind(5, vm.ipv4).bind(6, vm.ipv6).bind(7, vm.mac).bind(8, vm.created).bind(9, vm.expires);
+  s.bind(10, vm.trust_level).bind(11, vm.policy_version).bind(12, vm.state).bind(13, vm.contact).bind(14, vm.title);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording new VM");
+  vm.id = sqlite3_last_insert_rowid(db_.get());
+  vm.name = "sg" + std::to_string(vm.id);
+  if (vm.domain.empty()) vm.domain = vm.name;
+  return update(vm);
+}
+
+Status StateStore::update(const VmRecord& vm) {
+  Statement s(db_.get(),
+              "UPDATE vms SET name=?, domain=?, trust_level=?, policy_version=?, state=?, expires=? WHERE id=?");
+  s.bind(1, vm.name).bind(2, vm.domain).bind(3, vm.trust_level).bind(4, vm.policy_version).bind(5, vm.state);
+  s.bind(6, vm.expires).bind(7, vm.id);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "updating VM " + vm.name);
+  return {};
+}
+
+Status StateStore::mark_released(std::int64_t id, std::int64_t when, const std::string& reason) {
+  Statement s(db_.get(), "UPDATE vms SET state='released', released=?, release_reason=? WHERE id=?");
+  s.bind(1, when).bind(2, reason).bind(3, id);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording release");
+  return {};
+}
+
+Result<std::vector<VmRecord>> StateStore::query_vms(const char* where, const std::string& arg) const {
+  std::string sql = std::string("SELECT ") + kVmColumns + " FROM vms WHERE " + where + " ORDER BY id";
+  Statement s(db_.get(), sql.c_str());
+  if (!s.ok()) return db_error(db_.get(), "reading VMs");
+  if (!arg.empty()) s.bind(1, arg);
+  std::vector<VmRecord> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) out.push_back(read_vm(s));
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading VMs");
+  return out;
+}
+
+Result<std::vector<VmRecord>> StateStore::active() const { return query_vms("state != 'released'", ""); }
+
+Result<std::optional<VmRecord>> StateStore::find_active(const std::string& name) const {
+  auto r = query_vms("state != 'released' AND name = ?1", name);
+  if (!r) return r.error();
+  if (r->empty()) return std::optional<VmRecord>();
+  return std::optional<VmRecord>(r->front());
+}
+
+Result<std::set<int>> StateStore::slots_in_use() const {
+  auto r = active();
+  if (!r) return r.error();
+  std::set<int> out;
+  for (const auto& v : *r) out.insert(v.slot);
+  return out;
+}
+
+Result<std::map<int, std::int64_t>> StateStore::slot_release_times() const {
+  Statement s(db_.get(), "SELECT slot, MAX(released) FROM vms WHERE state = 'released' GROUP BY slot");
+  std::map<int, std::int64_t> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) out[static_cast<int>(s.integer(0))] = s.integer(1);
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading released slots");
+  return out;
+}
+
+}  // namespace sg

@@ -1,0 +1,110 @@
+#include "surrogated/state_store.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace sg {
+namespace {
+
+class StateStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/sg-state-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string db() const { return dir_ + "/state.db"; }
+
+  static VmRecord vm(int slot, const std::string& owner) {
+    VmRecord v;
+    v.owner_fp = owner;
+    v.owner_key_pem = "PEM";
+    v.template_name = "small";
+    v.slot = slot;
+    v.ipv4 = "198.51.100." + std::to_string(slot * 4 + 2);
+    v.mac = "52:54:00:00:00:0" + std::to_string(slot);
+    v.created = 1000;
+    v.expires = 2000;
+    return v;
+  }
+  std::string dir_;
+};
+
+TEST_F(StateStoreTest, InsertAssignsIncreasingIdsAndNames) {
+  auto s = StateStore::open(db());
+  ASSERT_TRUE(s.ok()) << s.error().describe();
+  auto a = vm(0, "sha256:a");
+  auto b = vm(1, "sha256:b");
+  ASSERT_TRUE(s->insert(a).ok());
+  ASSERT_TRUE(s->insert(b).ok());
+  EXPECT_EQ(a.name, "sg" + std::to_string(a.id));
+  EXPECT_GT(b.id, a.id);
+  auto all = s->active();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2U);
+  EXPECT_EQ((*all)[1].owner_fp, "sha256:b");
+  EXPECT_EQ((*all)[1].ipv4, "198.51.100.6");
+}
+
+TEST_F(StateStoreTest, ReleaseFreesSlotRecordsTimeAndNeverReusesIds) {
+  std::int64_t first_id = 0;
+  {
+    auto s = StateStore::open(db());
+    auto a = vm(0, "sha256:a");
+    ASSERT_TRUE(s->insert(a).ok());
+    first_id = a.id;
+    ASSERT_TRUE(s->mark_released(a.id, 1500, "test").ok());
+    EXPECT_TRUE(s->slots_in_use()->empty());
+    EXPECT_EQ(s->slot_release_times()->at(0), 1500);
+    EXPECT_FALSE(s->find_active(a.name)->has_value());
+  }
+  // Reopen: the state survived, and the next id is larger (ids are ct marks
+  // and flow-log keys: reuse would blame the wrong client).
+  auto s = StateStore::open(db());
+  ASSERT_TRUE(s.ok());
+  auto b = vm(0, "sha256:b");
+  ASSERT_TRUE(s->insert(b).ok());
+  EXPECT_GT(b.id, first_id);
+  EXPECT_EQ(*s->slots_in_use(), std::set<int>{0});
+}
+
+TEST_F(StateStoreTest, TwoActiveVmsCannotShareASlot) {
+  auto s = StateStore::open(db());
+  auto a = vm(3, "sha256:a");
+  auto b = vm(3, "sha256:b");
+  ASSERT_TRUE(s->insert(a).ok());
+  EXPECT_FALSE(s->insert(b).ok());
+}
+
+TEST_F(StateStoreTest, UpdatePersistsStateAndTrust) {
+  auto s = StateStore::open(db());
+  auto a = vm(0, "sha256:a");
+  ASSERT_TRUE(s->insert(a).ok());
+  a.state = "running";
+  a.trust_level = "trusted";
+  a.policy_version = "sha256:1234";
+  ASSERT_TRUE(s->update(a).ok());
+  auto f = s->find_active(a.name);
+  ASSERT_TRUE(f.ok() && f->has_value());
+  EXPECT_EQ((*f)->state, "running");
+  EXPECT_EQ((*f)->trust_level, "trusted");
+  EXPECT_EQ((*f)->policy_version, "sha256:1234");
+}
+
+TEST_F(StateStoreTest, UnwritableLocationIsAClearError) {
+  auto s = StateStore::open("/nonexistent-dir/state.db");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("state_dir"), std::string::npos);
+}
+
+TEST_F(StateStoreTest, UsesWal) {
+  auto s = StateStore::open(db());
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(std::filesystem::exists(db() + "-wal"));
+}
+
+}  // namespace
+}  // namespace sg
