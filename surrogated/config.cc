@@ -125,7 +125,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, const std::strin
   DaemonConfig cfg;
   cfg.source = filename;
   Parser p(filename);
-  p.check_keys(root, "top level", {"daemon", "libvirt", "pool", "templates"});
+  p.check_keys(root, "top level", {"daemon", "libvirt", "pool", "netfilter", "templates"});
 
   auto section = [&](const char* name) -> const toml::table* {
     const toml::node* n = root.get(name);
@@ -168,6 +168,15 @@ Result<DaemonConfig> parse_daemon_config(std::string_view text, const std::strin
     p.get_prefix(*pool, "ipv4", cfg.pool_v4, Family::v4, 8, 30);
     p.get_prefix(*pool, "ipv6", cfg.pool_v6, Family::v6, 16, 64);
     p.get_int(*pool, "max_vms", cfg.max_vms, 1, 65535);
+  }
+  if (const auto* nf = section("netfilter")) {
+    p.check_keys(*nf, "netfilter", {"table", "nflog_group"});
+    p.get_string(*nf, "table", cfg.nft_table);
+    p.get_int(*nf, "nflog_group", cfg.nflog_group, 1, 65535);
+    if (cfg.nft_table.empty() || cfg.nft_table.size() > 64 ||
+        cfg.nft_table.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos) {
+      p.error(nf->get("table")->source(), "table must be 1-64 characters of a-z, 0-9, _ and -");
+    }
   }
   if (const auto* tpls = section("templates")) {
     for (const auto& [key, node] : *tpls) {

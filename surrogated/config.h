@@ -47,6 +47,11 @@ struct DaemonConfig {
   std::optional<Prefix> pool_v6;  // carved into /64s: ::1 gateway, ::2 guest
   int max_vms = 64;
 
+  // nftables: the daemon's table (in families inet and arp) and the nflog
+  // group every drop is logged to.
+  std::string nft_table = "surrogated";
+  int nflog_group = 1;
+
   std::map<std::string, VmTemplate> templates;
   std::string default_template = "small";
 };

@@ -1,6 +1,8 @@
 // surrogatectl: command-line client of surrogated.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <optional>
@@ -9,6 +11,10 @@
 #include "certs/identity.h"
 #include "common/timeutil.h"
 #include "surrogated/ctl_client.h"
+#include "trust/classify.h"
+#include "trust/explain.h"
+#include "trust/parse.h"
+#include "trust/render.h"
 
 namespace {
 
@@ -81,6 +87,120 @@ void print_vm(const nlohmann::json& v) {
   line("Libvirt", v.value("domain", ""));
 }
 
+struct ExplainArgs {
+  std::string client, vm, to, proto;
+  bool syn_only = false;
+};
+
+// Reads a policy file for the local subcommands; prints every diagnostic.
+std::optional<sg::trust::Policy> read_policy(const std::string& file, int& rc) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    rc = fail("cannot read " + file + " (check the path)", 2);
+    return std::nullopt;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto outcome = sg::trust::parse_policy_detailed(ss.str(), file);
+  if (!outcome.ok()) {
+    for (const auto& d : outcome.diagnostics) std::cerr << d.to_string() << "\n";
+    std::cerr << file << ": " << outcome.diagnostics.size() << " error(s); the file was not accepted\n";
+    rc = 1;
+    return std::nullopt;
+  }
+  rc = 0;
+  return std::move(outcome.policy);
+}
+
+int run_policy(const Globals& g, CLI::App* check, CLI::App* show, CLI::App* reload, CLI::App* explain,
+               const std::string& file, const ExplainArgs& ex) {
+  int rc = 0;
+  if (check->parsed()) {
+    auto p = read_policy(file, rc);
+    if (!p) return rc;
+    std::cout << file << ": OK (version " << p->version.substr(0, 19) << ", " << p->rules.size() << " client rules, "
+              << p->groups.size() << " groups)\n";
+    return 0;
+  }
+  if (show->parsed()) {
+    if (!file.empty()) {
+      auto p = read_policy(file, rc);
+      if (!p) return rc;
+      std::cout << (g.json ? sg::trust::to_json(*p).dump(2) + "\n" : sg::trust::to_text(*p));
+      return 0;
+    }
+    auto key = load_key(g, false, rc);
+    if (rc != 0) return rc;
+    auto r = call(g, "policy-show", nlohmann::json::object(), key ? &*key : nullptr, rc);
+    if (!r) return rc;
+    std::cout << (g.json ? (*r)["policy"].dump(2) + "\n" : r->value("text", ""));
+    return 0;
+  }
+  if (reload->parsed()) {
+    auto r = call(g, "policy-reload", nlohmann::json::object(), nullptr, rc);
+    if (!r) return rc;
+    std::cout << "policy " << r->value("file", "") << " in force (version " << r->value("version", "").substr(0, 19)
+              << ")\n";
+    return 0;
+  }
+  if (explain->parsed()) {
+    // ADDR, ADDR:PORT or [V6]:PORT.
+    std::string addr = ex.to;
+    std::optional<int> port;
+    if (!addr.empty() && addr.front() == '[') {
+      auto close = addr.find(']');
+      if (close == std::string::npos) return fail("--to: missing ']' in " + ex.to, 2);
+      if (close + 1 < addr.size() && addr[close + 1] == ':') port = std::atoi(addr.c_str() + close + 2);
+      addr = addr.substr(1, close - 1);
+    } else if (std::count(addr.begin(), addr.end(), ':') == 1) {
+      port = std::atoi(addr.c_str() + addr.find(':') + 1);
+      addr = addr.substr(0, addr.find(':'));
+    }
+    auto dest = sg::IpAddress::parse(addr);
+    if (!dest) return fail("--to: " + dest.error().message, 2);
+    if (port && (*port < 1 || *port > 65535)) return fail("--to: port must be 1 to 65535", 2);
+    std::string client = ex.client;
+    if (!client.empty() && client.rfind("sha256:", 0) != 0) {
+      // A key file: its fingerprint.
+      auto kp = sg::certs::KeyPair::load_pem_file(client);
+      if (kp) {
+        client = kp->public_key().fingerprint();
+      } else {
+        std::ifstream in(client);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto pub = sg::certs::PublicKey::from_pem(ss.str());
+        if (!pub) return fail("--client: give a fingerprint (sha256:...) or a key file; " + client + " is neither", 2);
+        client = pub->fingerprint();
+      }
+    }
+    if (!file.empty()) {
+      auto p = read_policy(file, rc);
+      if (!p) return rc;
+      if (client.empty()) return fail("--client is needed with --policy FILE", 2);
+      sg::trust::ExplainQuery q;
+      q.destination = *dest;
+      q.protocol = *sg::trust::parse_protocol(ex.proto);
+      if (port) q.port = static_cast<std::uint16_t>(*port);
+      q.syn_only = ex.syn_only;
+      auto e = sg::trust::explain(*p, sg::trust::ClientIdentity{client, std::nullopt, std::nullopt}, q);
+      std::cout << (g.json ? sg::trust::to_json(e).dump(2) + "\n" : sg::trust::to_text(e));
+      return e.verdict == sg::trust::Verdict::allowed ? 0 : 5;
+    }
+    nlohmann::json args = {{"to", dest->to_string()}, {"proto", ex.proto}, {"syn_only", ex.syn_only}};
+    if (port) args["port"] = *port;
+    if (!ex.vm.empty()) args["vm"] = ex.vm;
+    if (!client.empty()) args["client"] = client;
+    auto key = load_key(g, false, rc);
+    if (rc != 0) return rc;
+    auto r = call(g, "policy-explain", args, key ? &*key : nullptr, rc);
+    if (!r) return rc;
+    std::cout << (g.json ? (*r)["explanation"].dump(2) + "\n" : r->value("text", ""));
+    return (*r)["explanation"].value("verdict", "") == "allowed" ? 0 : 5;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,6 +226,9 @@ int main(int argc, char** argv) {
   allocate->add_option("--lifetime", lifetime, "how long the VM lives, e.g. 2h (at most the template's maximum)");
   allocate->add_option("--contact", contact, "how the host owner can reach you (shown on abuse lookups)");
   allocate->add_option("--title", title, "what the VM is for");
+  std::string client_addr;
+  allocate->add_option("--client", client_addr,
+                       "your machine's address(es), comma separated: always reachable from the VM");
 
   std::string vm_name;
   auto* release = app.add_subcommand("release", "release a VM (yours, or any as admin)");
@@ -116,6 +239,44 @@ int main(int argc, char** argv) {
   auto* list = app.add_subcommand("list", "list VMs (yours with --key; all as admin)");
   list->add_flag("--mine", mine, "as admin, list only the VMs of --key");
   auto* status = app.add_subcommand("status", "is the daemon up, and how full is the host");
+
+  auto* policy = app.add_subcommand("policy", "check, show, reload and explain the trust policy");
+  policy->require_subcommand(1);
+  std::string policy_file;
+  auto* p_check = policy->add_subcommand("check", "validate a policy file (no daemon needed)");
+  p_check->add_option("file", policy_file, "trust-policy.toml")->required();
+  auto* p_show = policy->add_subcommand("show", "the effective policy after defaults (of FILE, or the daemon's)");
+  p_show->add_option("file", policy_file, "a policy file to show instead of the running one");
+  auto* p_reload = policy->add_subcommand("reload", "make the daemon load its policy file again (admin)");
+  std::string ex_client, ex_vm, ex_to, ex_proto = "tcp";
+  bool ex_syn = false;
+  auto* p_explain = policy->add_subcommand("explain", "would this traffic be allowed, and which rule decides?");
+  p_explain->add_option("--client", ex_client, "client key fingerprint, or a public/private key file");
+  p_explain->add_option("--vm", ex_vm, "a running VM (uses its level, addresses, client and holes)");
+  p_explain->add_option("--to", ex_to, "destination ADDR or ADDR:PORT ([v6]:PORT)")->required();
+  p_explain->add_option("--proto", ex_proto, "tcp, udp or icmp")->check(CLI::IsMember({"tcp", "udp", "icmp"}));
+  p_explain->add_flag("--syn-only", ex_syn, "a bare TCP SYN, as TCP traceroute sends");
+  p_explain->add_option("--policy", policy_file, "explain against this file instead of the running policy");
+
+  auto* rules = app.add_subcommand("rules", "the nftables rules the daemon installed");
+  rules->require_subcommand(1);
+  auto* r_show = rules->add_subcommand("show", "print rules as nft text (one VM, or all as admin)");
+  r_show->add_option("vm", vm_name, "VM name");
+
+  auto* hole = app.add_subcommand("hole", "destinations opened by hand for one VM (admin)");
+  hole->require_subcommand(1);
+  std::string hole_to, hole_proto = "any", hole_for = "1h";
+  std::int64_t hole_id = 0;
+  auto* h_add = hole->add_subcommand("add", "let VM reach a destination until --for ends");
+  h_add->add_option("vm", vm_name, "VM name")->required();
+  h_add->add_option("to", hole_to, "PREFIX or PREFIX:PORTS, e.g. 203.0.113.0/24:443")->required();
+  h_add->add_option("--proto", hole_proto, "tcp, udp, icmp or any")
+      ->check(CLI::IsMember({"tcp", "udp", "icmp", "any"}));
+  h_add->add_option("--for", hole_for, "how long, e.g. 30m (at most the VM's remaining lifetime)");
+  auto* h_remove = hole->add_subcommand("remove", "close a hole now");
+  h_remove->add_option("id", hole_id, "hole id (see hole list)")->required();
+  auto* h_list = hole->add_subcommand("list", "open holes (of one VM, or all as admin)");
+  h_list->add_option("vm", vm_name, "VM name");
 
   try {
     app.parse(argc, argv);
@@ -158,6 +319,7 @@ int main(int argc, char** argv) {
     }
     if (!contact.empty()) args["contact"] = contact;
     if (!title.empty()) args["title"] = title;
+    if (!client_addr.empty()) args["client"] = client_addr;
     auto r = call(g, "allocate", args, &*key, rc);
     if (!r) return rc;
     if (g.json) {
@@ -203,6 +365,46 @@ int main(int argc, char** argv) {
                 << std::setw(14) << v.value("trust_level", "") << std::setw(17) << v.value("ipv4", "") << std::setw(24)
                 << v.value("ipv6", "") << std::setw(10) << ("in " + sg::format_duration(v.value("remaining_s", 0)))
                 << v.value("title", "") << "\n";
+    }
+    return 0;
+  }
+  if (policy->parsed())
+    return run_policy(g, p_check, p_show, p_reload, p_explain, policy_file,
+                      ExplainArgs{ex_client, ex_vm, ex_to, ex_proto, ex_syn});
+  if (rules->parsed()) {
+    auto key = load_key(g, false, rc);
+    if (rc != 0) return rc;
+    nlohmann::json args = nlohmann::json::object();
+    if (!vm_name.empty()) args["vm"] = vm_name;
+    auto r = call(g, "rules-show", args, key ? &*key : nullptr, rc);
+    if (!r) return rc;
+    std::cout << (g.json ? r->dump(2) + "\n" : r->value("text", ""));
+    return 0;
+  }
+  if (hole->parsed()) {
+    auto key = load_key(g, false, rc);
+    if (rc != 0) return rc;
+    const sg::certs::KeyPair* k = key ? &*key : nullptr;
+    std::optional<nlohmann::json> r;
+    if (h_add->parsed()) {
+      r = call(g, "hole-add", {{"vm", vm_name}, {"to", hole_to}, {"proto", hole_proto}, {"for", hole_for}}, k, rc);
+    } else if (h_remove->parsed()) {
+      r = call(g, "hole-remove", {{"id", hole_id}}, k, rc);
+    } else {
+      nlohmann::json args = nlohmann::json::object();
+      if (!vm_name.empty()) args["vm"] = vm_name;
+      r = call(g, "hole-list", args, k, rc);
+    }
+    if (!r) return rc;
+    if (g.json || h_list->parsed() == false) {
+      std::cout << r->dump(2) << "\n";
+      return 0;
+    }
+    if (r->empty()) std::cout << "no open holes\n";
+    for (const auto& h : *r) {
+      std::cout << h.value("id", 0) << "  " << h.value("vm", "") << "  " << h.value("to", "") << "  proto "
+                << h.value("protocol", 0) << "  ports " << h.value("ports", "") << "  until " << h.value("expires", "")
+                << "  (" << h.value("origin", "") << ")\n";
     }
     return 0;
   }

@@ -13,16 +13,19 @@
 #include "common/log.h"
 #include "common/raii/fd.h"
 #include "common/timeutil.h"
-#include "surrogated/guest_sim.h"
 #include "surrogated/libvirt_hypervisor.h"
+#include "surrogated/version.h"
+#include "trust/classify.h"
+#include "trust/parse.h"
 
 namespace sg {
 
-namespace {
-constexpr const char* kVersion = "0.1.0";
-}
-
 Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
+  auto policy = trust::load_policy_file(cfg.trust_policy);
+  if (!policy) {
+    return make_error("trust policy " + cfg.trust_policy + " is not usable:\n" + policy.error().message +
+                      "\n(an empty file gives the safe defaults; 'surrogatectl policy check FILE' explains errors)");
+  }
   std::error_code ec;
   std::filesystem::create_directories(cfg.state_dir, ec);
   if (ec) return make_error("cannot create state_dir " + cfg.state_dir + ": " + ec.message());
@@ -32,11 +35,28 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   auto hv = LibvirtHypervisor::connect(cfg.libvirt_uri);
   if (!hv) return hv.error();
   std::unique_ptr<Daemon> d(new Daemon(std::move(cfg), std::move(*store), std::move(*hv)));
+  d->policy_ = std::make_shared<const trust::Policy>(std::move(*policy));
+
+  // Rules first: the whole table, with the catch-all drop for VM interfaces
+  // and every VM the state store knows, in one transaction, before any guest
+  // is (re)registered or any request served.
+  netpolicy::CompileOptions nft;
+  nft.table = d->cfg_.nft_table;
+  nft.log_group = static_cast<std::uint16_t>(d->cfg_.nflog_group);
+  auto enforcer = Enforcer::open(d->store_, d->vms_->pool(), nft);
+  if (!enforcer) return enforcer.error();
+  d->enforcer_ = std::move(*enforcer);
+  if (auto st = d->enforcer_->install_all(d->policy_); !st) {
+    return with_context("cannot install the nftables ruleset (nothing was changed)", st.error());
+  }
+  d->vms_->add_observer(d->enforcer_.get());
+
   if (d->cfg_.simulate_guest_network) {
     d->simulator_ = std::make_unique<GuestNetworkSimulator>(d->cfg_.guest_netns_prefix);
     d->vms_->add_observer(d->simulator_.get());
     if (auto st = d->reregister_simulated_guests(); !st) return st.error();
   }
+  log::info("trust policy " + d->cfg_.trust_policy + " loaded (version " + d->policy_->version.substr(0, 19) + ")");
   return d;
 }
 
@@ -67,6 +87,44 @@ Status Daemon::reregister_simulated_guests() {
     if (auto st = hv_->start(spec); !st) return st;
     log::info("simulated guest " + vm.name + " outlived the previous daemon; registered it with the test driver again");
   }
+  return {};
+}
+
+Status Daemon::reload_policy(const std::string& why) {
+  auto loaded = trust::load_policy_file(cfg_.trust_policy);
+  if (!loaded) {
+    log::error("policy reload (" + why + ") refused; the running policy stays in force:\n" + loaded.error().message);
+    return make_error("the new policy has errors; the running policy stays in force:\n" + loaded.error().message);
+  }
+  auto policy = std::make_shared<const trust::Policy>(std::move(*loaded));
+  auto vms = store_.active();
+  if (!vms) return vms.error();
+  // Re-classify every running VM under the new policy, then install the
+  // whole ruleset in one transaction. If the kernel refuses, put the old
+  // levels back: the old ruleset is still in force.
+  std::vector<VmRecord> before = *vms;
+  std::vector<std::string> changes;
+  for (auto& vm : *vms) {
+    auto key = certs::PublicKey::from_pem(vm.owner_key_pem);
+    auto cls = trust::classify(*policy, trust::ClientIdentity{vm.owner_fp, std::nullopt, std::nullopt});
+    std::string level(trust::to_string(cls.refused ? trust::TrustLevel::untrusted : cls.level));
+    if (level != vm.trust_level) {
+      changes.push_back(vm.name + ": " + vm.trust_level + " -> " + level + " (" + cls.reason + ")");
+    }
+    vm.trust_level = level;
+    vm.policy_version = policy->version;
+    if (auto st = store_.update(vm); !st) return st;
+  }
+  if (auto st = enforcer_->install_all(policy); !st) {
+    for (const auto& vm : before) (void)store_.update(vm);
+    log::error("policy reload (" + why +
+               ") failed in the kernel; the running policy stays in force: " + st.error().describe());
+    return with_context("the kernel refused the new ruleset; the running policy stays in force", st.error());
+  }
+  policy_ = policy;
+  for (const auto& c : changes) log::notice("policy reload: " + c);
+  log::notice("policy reload (" + why + "): version " + policy_->version.substr(0, 19) + " in force for " +
+              std::to_string(vms->size()) + " VMs, " + std::to_string(changes.size()) + " changed trust level");
   return {};
 }
 
@@ -107,6 +165,7 @@ int Daemon::run() {
   for (bool running = true; running;) {
     std::vector<pollfd> fds;
     fds.push_back({sigfd.get(), POLLIN, 0});
+    fds.push_back({enforcer_->monitor_fd(), POLLIN, 0});
     server->collect_poll(fds);
     int n = ::poll(fds.data(), fds.size(), 1000);
     if (n < 0 && errno != EINTR) {
@@ -118,182 +177,25 @@ int Daemon::run() {
       signalfd_siginfo si{};
       while (::read(sigfd.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
         if (si.ssi_signo == SIGHUP) {
-          log::info("SIGHUP received: nothing to reload yet");
+          (void)reload_policy("SIGHUP");
         } else {
           log::notice(std::string("received ") + strsignal(static_cast<int>(si.ssi_signo)) + ", shutting down");
           running = false;
         }
       }
     }
+    // Tampering with the ruleset is repaired before anything else.
+    if (fds[1].revents != 0) enforcer_->on_monitor_ready();
     server->on_ready(fds, handler);
     server->expire_idle();
     for (const auto& name : vms_->expire(now_unix())) log::notice(name + " expired");
   }
   ::unlink(cfg_.socket_path.c_str());
-  // VMs keep running (and filtered) across a daemon stop; the next start
-  // adopts them.
-  log::notice("surrogated stopped");
+  // VMs keep running, and filtered, across a daemon stop: the table stays in
+  // the kernel and the next start adopts them.
+  log::notice("surrogated stopped; " + std::to_string(store_.active() ? store_.active()->size() : 0) +
+              " VMs keep running under their rules");
   return exit_code;
-}
-
-nlohmann::json Daemon::vm_json(const VmRecord& vm) const {
-  std::int64_t now = now_unix();
-  return {{"name", vm.name},
-          {"id", vm.id},
-          {"domain", vm.domain},
-          {"owner", vm.owner_fp},
-          {"template", vm.template_name},
-          {"ipv4", vm.ipv4},
-          {"ipv6", vm.ipv6},
-          {"gateway_ipv4", vms_->addresses_of(vm).v4_gateway ? vms_->addresses_of(vm).v4_gateway->to_string() : ""},
-          {"gateway_ipv6", vms_->addresses_of(vm).v6_gateway ? vms_->addresses_of(vm).v6_gateway->to_string() : ""},
-          {"mac", vm.mac},
-          {"tap", vm.name},
-          {"state", vm.state},
-          {"trust_level", vm.trust_level},
-          {"policy_version", vm.policy_version},
-          {"created", format_utc(vm.created)},
-          {"expires", format_utc(vm.expires)},
-          {"remaining_s", std::max<std::int64_t>(0, vm.expires - now)},
-          {"contact", vm.contact},
-          {"title", vm.title}};
-}
-
-nlohmann::json Daemon::handle(const proto::Request& req, const Peer& peer) {
-  try {
-    if (req.op == "status") return op_status();
-    if (req.op == "allocate") return op_allocate(req, peer);
-    if (req.op == "release") return op_release(req, peer);
-    if (req.op == "list") return op_list(req, peer);
-    if (req.op == "show") return op_show(req, peer);
-    return proto::error_response("bad_request",
-                                 "unknown operation '" + req.op + "'; known: status, allocate, release, list, show");
-  } catch (const nlohmann::json::exception& e) {
-    // A field of the wrong type inside args.
-    return proto::error_response("bad_request", std::string("malformed arguments: ") + e.what());
-  }
-}
-
-nlohmann::json Daemon::op_status() {
-  auto active = store_.active();
-  if (!active) return proto::error_response("internal", active.error().describe());
-  return proto::ok_response({{"version", kVersion},
-                             {"libvirt", hv_->describe()},
-                             {"uptime_s", now_unix() - started_at_},
-                             {"vms", active->size()},
-                             {"slots", vms_->pool().size()},
-                             {"slots_free", vms_->pool().size() - static_cast<int>(active->size())},
-                             {"simulated_guests", cfg_.simulate_guest_network},
-                             {"guest_netns_prefix", cfg_.simulate_guest_network ? cfg_.guest_netns_prefix : ""}});
-}
-
-nlohmann::json Daemon::op_allocate(const proto::Request& req, const Peer& peer) {
-  auto key = proto::verify_request(req, now_unix(), replay_);
-  if (!key) return proto::error_response("unauthorized", key.error().message);
-  AllocateRequest a;
-  a.owner_fp = key->fingerprint();
-  a.owner_key_pem = key->pem();
-  a.template_name = req.args.value("template", "");
-  if (req.args.contains("lifetime")) {
-    auto d = parse_duration(req.args["lifetime"].get<std::string>());
-    if (!d) return proto::error_response("bad_request", d.error().message);
-    a.lifetime_s = *d;
-  }
-  a.contact = req.args.value("contact", "");
-  a.title = req.args.value("title", "");
-  if (a.contact.size() > 256 || a.title.size() > 256) {
-    return proto::error_response("bad_request", "contact and title must be at most 256 characters");
-  }
-  Classification cls;
-  auto vm = vms_->allocate(a, cls);
-  if (!vm) {
-    std::string code = vm.error().message.find("exhausted") != std::string::npos ? "exhausted" : "unavailable";
-    if (vm.error().message.find("not allowed") != std::string::npos ||
-        vm.error().message.find("unknown template") != std::string::npos) {
-      code = "bad_request";
-    }
-    log::warning("allocation for " + a.owner_fp + " (pid " + std::to_string(peer.pid) +
-                 ") failed: " + vm.error().describe());
-    return proto::error_response(code, vm.error().message);
-  }
-  return proto::ok_response(vm_json(*vm));
-}
-
-Result<VmRecord> Daemon::find_vm_for(const proto::Request& req, const Peer& peer, bool& admin_act,
-                                     nlohmann::json& err) {
-  std::string name = req.args.value("vm", "");
-  if (name.empty()) {
-    err = proto::error_response("bad_request", "missing \"vm\": name the VM, e.g. sg12");
-    return make_error("bad");
-  }
-  std::optional<std::string> signer;
-  if (req.key_pem) {
-    auto key = proto::verify_request(req, now_unix(), replay_);
-    if (!key) {
-      err = proto::error_response("unauthorized", key.error().message);
-      return make_error("bad");
-    }
-    signer = key->fingerprint();
-  } else if (!peer.admin) {
-    err = proto::error_response("unauthorized",
-                                "sign the request with your key (--key FILE), or run as root or a "
-                                "member of group '" +
-                                    cfg_.admin_group + "'");
-    return make_error("bad");
-  }
-  auto vm = store_.find_active(name);
-  if (!vm) {
-    err = proto::error_response("internal", vm.error().describe());
-    return make_error("bad");
-  }
-  if (!vm->has_value() || (signer && (*vm)->owner_fp != *signer && !peer.admin)) {
-    // Someone else's VM is reported like an unknown one: no probing of names.
-    err =
-        proto::error_response("not_found", "no VM named '" + name + "' that you own; 'surrogatectl list' shows yours");
-    return make_error("bad");
-  }
-  admin_act = !signer || (*vm)->owner_fp != *signer;
-  return **vm;
-}
-
-nlohmann::json Daemon::op_release(const proto::Request& req, const Peer& peer) {
-  bool admin_act = false;
-  nlohmann::json err;
-  auto vm = find_vm_for(req, peer, admin_act, err);
-  if (!vm) return err;
-  std::string reason = admin_act ? "released by admin (uid " + std::to_string(peer.uid) + ")" : "released by owner";
-  if (auto st = vms_->release(*vm, reason); !st) return proto::error_response("unavailable", st.error().describe());
-  return proto::ok_response({{"name", vm->name}, {"released", true}, {"reason", reason}});
-}
-
-nlohmann::json Daemon::op_show(const proto::Request& req, const Peer& peer) {
-  bool admin_act = false;
-  nlohmann::json err;
-  auto vm = find_vm_for(req, peer, admin_act, err);
-  if (!vm) return err;
-  return proto::ok_response(vm_json(*vm));
-}
-
-nlohmann::json Daemon::op_list(const proto::Request& req, const Peer& peer) {
-  std::optional<std::string> only;
-  if (req.key_pem) {
-    auto key = proto::verify_request(req, now_unix(), replay_);
-    if (!key) return proto::error_response("unauthorized", key.error().message);
-    if (!peer.admin || req.args.value("mine", false)) only = key->fingerprint();
-  } else if (!peer.admin) {
-    return proto::error_response("unauthorized",
-                                 "sign the request with your key (--key FILE) to list your VMs, "
-                                 "or run as root or a member of group '" +
-                                     cfg_.admin_group + "' to list all");
-  }
-  auto vms = store_.active();
-  if (!vms) return proto::error_response("internal", vms.error().describe());
-  nlohmann::json out = nlohmann::json::array();
-  for (const auto& v : *vms) {
-    if (only && v.owner_fp != *only) continue;
-    out.push_back(vm_json(v));
-  }
-  return proto::ok_response(out);
 }
 
 }  // namespace sg

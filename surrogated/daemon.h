@@ -1,5 +1,6 @@
-// The daemon: wires config, state store, hypervisor, VM manager and the
-// control socket together and runs the event loop.
+// The daemon: wires config, trust policy, state store, hypervisor, VM
+// manager, nftables enforcement and the control socket together, and runs
+// the event loop.
 #pragma once
 
 #include <memory>
@@ -8,11 +9,13 @@
 
 #include "surrogated/config.h"
 #include "surrogated/control_server.h"
+#include "surrogated/enforcer.h"
 #include "surrogated/guest_sim.h"
 #include "surrogated/hypervisor.h"
 #include "surrogated/protocol.h"
 #include "surrogated/state_store.h"
 #include "surrogated/vm_manager.h"
+#include "trust/policy.h"
 
 namespace sg {
 
@@ -31,19 +34,41 @@ class Daemon {
  private:
   Daemon(DaemonConfig cfg, StateStore store, std::unique_ptr<Hypervisor> hv);
   Status reregister_simulated_guests();
-  nlohmann::json vm_json(const VmRecord& vm) const;
-  Result<VmRecord> find_vm_for(const proto::Request& req, const Peer& peer, bool& admin_act, nlohmann::json& err);
+  // Loads the policy file and applies it to every running VM atomically; on
+  // any error the running policy stays in force.
+  Status reload_policy(const std::string& why);
+
+  // Who is asking: the verified signer (if the request is signed) and
+  // whether the peer is an admin. Sets `err` and returns false when the
+  // request must be refused.
+  struct Caller {
+    std::optional<certs::PublicKey> key;
+    bool admin = false;
+  };
+  bool identify(const proto::Request& req, const Peer& peer, bool need_key, Caller& who, nlohmann::json& err);
+  // The active VM named in args["vm"] that the caller may act on.
+  std::optional<VmRecord> vm_for(const proto::Request& req, const Caller& who, nlohmann::json& err);
+  [[nodiscard]] nlohmann::json vm_json(const VmRecord& vm) const;
 
   nlohmann::json op_status();
   nlohmann::json op_allocate(const proto::Request& req, const Peer& peer);
   nlohmann::json op_release(const proto::Request& req, const Peer& peer);
   nlohmann::json op_list(const proto::Request& req, const Peer& peer);
   nlohmann::json op_show(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_policy_reload(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_policy_show(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_policy_explain(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_rules_show(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_hole_add(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_hole_remove(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_hole_list(const proto::Request& req, const Peer& peer);
 
   DaemonConfig cfg_;
   StateStore store_;
   std::unique_ptr<Hypervisor> hv_;
   std::unique_ptr<VmManager> vms_;
+  std::shared_ptr<const trust::Policy> policy_;
+  std::unique_ptr<Enforcer> enforcer_;
   std::unique_ptr<GuestNetworkSimulator> simulator_;  // test:// driver only
   proto::ReplayGuard replay_;
   std::int64_t started_at_ = 0;

@@ -102,6 +102,13 @@ Status GuestNetworkSimulator::build_guest(const VmRecord& vm, const VmAddresses&
     return make_sys_error("cannot pin guest network namespace at " + path);
   }
   Fd ns(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  // /proc/sys/net shows the opening thread's namespace: turn off duplicate
+  // address detection in the guest (its addresses are unique by
+  // construction), so the simulated guest is reachable at once.
+  for (const char* knob : {"/proc/sys/net/ipv6/conf/default/accept_dad", "/proc/sys/net/ipv6/conf/all/accept_dad"}) {
+    Fd f(::open(knob, O_WRONLY | O_CLOEXEC));
+    if (f.valid()) (void)!::write(f.get(), "0", 1);
+  }
 
   // veth: host end named like the tap, peer created directly in the guest ns.
   nl::Link veth(rtnl_link_veth_alloc());

@@ -39,7 +39,7 @@ class Statement {
 
 constexpr const char* kVmColumns =
     "id, name, domain, owner_fp, owner_key, template, slot, ipv4, ipv6, mac, created, expires, trust_level, "
-    "policy_version, state, released, release_reason, contact, title";
+    "policy_version, state, released, release_reason, contact, title, client_addrs";
 
 VmRecord read_vm(const Statement& s) {
   VmRecord v;
@@ -62,6 +62,7 @@ VmRecord read_vm(const Statement& s) {
   v.release_reason = s.text(16);
   v.contact = s.text(17);
   v.title = s.text(18);
+  v.client_addrs = s.text(19);
   return v;
 }
 
@@ -90,7 +91,15 @@ Result<StateStore> StateStore::open(const std::string& path) {
       "  created INTEGER NOT NULL, expires INTEGER NOT NULL,"
       "  trust_level TEXT NOT NULL, policy_version TEXT NOT NULL,"
       "  state TEXT NOT NULL, released INTEGER NOT NULL DEFAULT 0, release_reason TEXT NOT NULL DEFAULT '',"
-      "  contact TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '');"
+      "  contact TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '',"
+      "  client_addrs TEXT NOT NULL DEFAULT '');"
+      "CREATE TABLE IF NOT EXISTS holes ("
+      "  id INTEGER PRIMARY KEY AUTOINCREMENT, vm_id INTEGER NOT NULL, vm_name TEXT NOT NULL,"
+      "  destination TEXT NOT NULL, protocol INTEGER NOT NULL, port_first INTEGER NOT NULL,"
+      "  port_last INTEGER NOT NULL, expires INTEGER NOT NULL, origin TEXT NOT NULL,"
+      "  authcert_id TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL,"
+      "  removed INTEGER NOT NULL DEFAULT 0, removed_reason TEXT NOT NULL DEFAULT '');"
+      "CREATE INDEX IF NOT EXISTS holes_vm ON holes(vm_id);"
       "CREATE INDEX IF NOT EXISTS vms_state ON vms(state);"
       "CREATE UNIQUE INDEX IF NOT EXISTS vms_active_slot ON vms(slot) WHERE state != 'released';";
   if (auto st = store.exec(schema); !st) return with_context("initialising state store " + path, st.error());
@@ -121,11 +130,12 @@ Status StateStore::exec(const char* sql) const {
 Status StateStore::insert(VmRecord& vm) {
   Statement s(db_.get(),
               "INSERT INTO vms (name, domain, owner_fp, owner_key, template, slot, ipv4, ipv6, mac, created, "
-              "expires, trust_level, policy_version, state, contact, title) "
-              "VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+              "expires, trust_level, policy_version, state, contact, title, client_addrs) "
+              "VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   s.bind(1, vm.owner_fp).bind(2, vm.owner_key_pem).bind(3, vm.template_name).bind(4, std::int64_t{vm.slot});
   s.bind(5, vm.ipv4).bind(6, vm.ipv6).bind(7, vm.mac).bind(8, vm.created).bind(9, vm.expires);
   s.bind(10, vm.trust_level).bind(11, vm.policy_version).bind(12, vm.state).bind(13, vm.contact).bind(14, vm.title);
+  s.bind(15, vm.client_addrs);
   if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording new VM");
   vm.id = sqlite3_last_insert_rowid(db_.get());
   vm.name = "sg" + std::to_string(vm.id);
@@ -162,6 +172,53 @@ Result<std::vector<VmRecord>> StateStore::query_vms(const char* where, const std
 }
 
 Result<std::vector<VmRecord>> StateStore::active() const { return query_vms("state != 'released'", ""); }
+
+Status StateStore::update_policy_fields(const VmRecord& vm) { return update(vm); }
+
+Status StateStore::insert_hole(HoleRecord& h) {
+  Statement s(db_.get(),
+              "INSERT INTO holes (vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, "
+              "authcert_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  s.bind(1, h.vm_id).bind(2, h.vm_name).bind(3, h.destination).bind(4, std::int64_t{h.protocol});
+  s.bind(5, std::int64_t{h.port_first}).bind(6, std::int64_t{h.port_last}).bind(7, h.expires).bind(8, h.origin);
+  s.bind(9, h.authcert_id).bind(10, h.created);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording hole");
+  h.id = sqlite3_last_insert_rowid(db_.get());
+  return {};
+}
+
+Status StateStore::remove_hole(std::int64_t id, std::int64_t when, const std::string& reason) {
+  Statement s(db_.get(), "UPDATE holes SET removed=?, removed_reason=? WHERE id=? AND removed=0");
+  s.bind(1, when).bind(2, reason).bind(3, id);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording hole removal");
+  return {};
+}
+
+Result<std::vector<HoleRecord>> StateStore::open_holes(std::int64_t now, std::int64_t vm_id) const {
+  Statement s(db_.get(),
+              "SELECT id, vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, "
+              "authcert_id, created FROM holes WHERE removed=0 AND expires>? AND (?=0 OR vm_id=?) ORDER BY id");
+  s.bind(1, now).bind(2, vm_id).bind(3, vm_id);
+  std::vector<HoleRecord> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) {
+    HoleRecord h;
+    h.id = s.integer(0);
+    h.vm_id = s.integer(1);
+    h.vm_name = s.text(2);
+    h.destination = s.text(3);
+    h.protocol = static_cast<int>(s.integer(4));
+    h.port_first = static_cast<int>(s.integer(5));
+    h.port_last = static_cast<int>(s.integer(6));
+    h.expires = s.integer(7);
+    h.origin = s.text(8);
+    h.authcert_id = s.text(9);
+    h.created = s.integer(10);
+    out.push_back(std::move(h));
+  }
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading holes");
+  return out;
+}
 
 Result<std::optional<VmRecord>> StateStore::find_active(const std::string& name) const {
   auto r = query_vms("state != 'released' AND name = ?1", name);

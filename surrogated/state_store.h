@@ -34,6 +34,23 @@ struct VmRecord {
   std::string release_reason;
   std::string contact;  // given by the client at allocation
   std::string title;
+  std::string client_addrs;  // comma-separated prefixes of the client's own machine
+};
+
+// An authorized destination of one VM (from an authcert, or opened by the
+// admin). The kernel closes it at `expires` even if the daemon is down.
+struct HoleRecord {
+  std::int64_t id = 0;
+  std::int64_t vm_id = 0;
+  std::string vm_name;
+  std::string destination;  // prefix
+  int protocol = 0;         // IPPROTO_*, 0 = any
+  int port_first = 1;
+  int port_last = 65535;
+  std::int64_t expires = 0;
+  std::string origin;       // "admin" or "authcert"
+  std::string authcert_id;  // when origin is authcert
+  std::int64_t created = 0;
 };
 
 class StateStore {
@@ -46,6 +63,12 @@ class StateStore {
   Status mark_released(std::int64_t id, std::int64_t when, const std::string& reason);
 
   Result<std::vector<VmRecord>> active() const;
+  Status update_policy_fields(const VmRecord& vm);
+
+  Status insert_hole(HoleRecord& hole);
+  Status remove_hole(std::int64_t id, std::int64_t when, const std::string& reason);
+  // Holes still open (not removed, not expired at `now`), optionally of one VM.
+  Result<std::vector<HoleRecord>> open_holes(std::int64_t now, std::int64_t vm_id = 0) const;
   Result<std::optional<VmRecord>> find_active(const std::string& name) const;
   Result<std::set<int>> slots_in_use() const;
   Result<std::map<int, std::int64_t>> slot_release_times() const;

@@ -49,6 +49,7 @@ Result<VmRecord> VmManager::allocate(const AllocateRequest& req, const Classific
   vm.state = "starting";
   vm.contact = req.contact;
   vm.title = req.title;
+  vm.client_addrs = req.client_addrs;
   if (auto st = store_.insert(vm); !st) return st.error();
   vm.domain = cfg_.domain_prefix + vm.name;
   if (auto st = store_.update(vm); !st) return st.error();

@@ -45,6 +45,7 @@ struct AllocateRequest {
   std::optional<std::int64_t> lifetime_s;
   std::string contact;
   std::string title;
+  std::string client_addrs;
 };
 
 struct ReconcileReport {

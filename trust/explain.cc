@@ -168,13 +168,19 @@ class Walk {
                     "allowed: ICMP " + icmp_type_name(icmp_family(q_.destination), *q_.icmp_type) + " to " + what +
                         " is an error report a VM needs to send");
     }
+    if (is_gateway && q_.protocol == Protocol::icmp && q_.icmp_type &&
+        *q_.icmp_type == (q_.destination.family == Family::v4 ? 8 : 128)) {
+      return decide(Verdict::allowed, check, "guardrail 'host protection'",
+                    "allowed: a ping to the VM's own gateway (a VM needs to check its link)");
+    }
     bool dns = has_port_protocol() && q_.port == 53;
     if (is_gateway && dns && lp_.dns.gateway_resolver) {
       return decide(Verdict::allowed, check, level_key_ + ".dns.resolvers",
                     "allowed: DNS to the gateway resolver (" + level_key_ + ".dns.resolvers lists \"gateway\")");
     }
-    std::string reason =
-        "denied: " + dest() + " is " + what + " (guardrail 'host protection'); a VM may only send it ICMP errors";
+    std::string reason = "denied: " + dest() + " is " + what +
+                         " (guardrail 'host protection'); a VM may only send it ICMP errors" +
+                         std::string(is_gateway ? ", pings" : "");
     reason += lp_.dns.gateway_resolver
                   ? ", and DNS on port 53 to the gateway"
                   : ", and DNS to the gateway only when " + level_key_ + ".dns.resolvers lists \"gateway\"";

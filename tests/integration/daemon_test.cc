@@ -40,9 +40,11 @@ class DaemonTest : public ::testing::Test {
   }
 
   void write_config(int max_vms, const std::string& extra_template = "") {
+    write_file(dir_ + "/trust-policy.toml", "");  // the safe defaults
     write_file(dir_ + "/surrogated.toml",
                "[daemon]\nstate_dir = \"" + dir_ + "/state\"\nsocket = \"" + socket_ +
-                   "\"\nlog_level = \"debug\"\n"
+                   "\"\nlog_level = \"debug\"\ntrust_policy = \"" + dir_ +
+                   "/trust-policy.toml\"\n"
                    "[libvirt]\nuri = \"test:///default\"\nsimulate_guest_network = true\n"
                    "guest_netns_prefix = \"" +
                    tag_ +

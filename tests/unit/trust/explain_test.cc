@@ -142,13 +142,16 @@ TEST_F(ExplainTest, HostProtection) {
   EXPECT_EQ(ssh.decided_by, "guardrail 'host protection'");
   EXPECT_EQ(ssh.reason,
             "denied: 10.0.0.1 is the VM's gateway (guardrail 'host protection'); a VM may only send it ICMP errors, "
-            "and DNS on port 53 to the gateway");
+            "pings, and DNS on port 53 to the gateway");
   EXPECT_EQ(ssh.steps.back().check, "host protection");
   // ICMP errors pass.
   Explanation unreach = explain(policy, TrustLevel::untrusted, icmp("10.0.0.1", 3), ctx);
   EXPECT_EQ(unreach.verdict, Verdict::allowed);
   EXPECT_THAT(unreach.reason, HasSubstr("ICMP destination-unreachable to the VM's gateway"));
-  EXPECT_EQ(explain(policy, TrustLevel::untrusted, icmp("10.0.0.1", 8), ctx).verdict, Verdict::denied);
+  // A ping to its own gateway passes (the ruleset allows it too); to the
+  // host's other addresses it does not.
+  EXPECT_EQ(explain(policy, TrustLevel::untrusted, icmp("10.0.0.1", 8), ctx).verdict, Verdict::allowed);
+  EXPECT_EQ(explain(policy, TrustLevel::untrusted, icmp("8.8.1.1", 8), ctx).verdict, Verdict::denied);
   // DNS to the gateway only when the level lists "gateway".
   Explanation dns = explain(policy, TrustLevel::semi_trusted, udp("10.0.0.1", 53), ctx);
   EXPECT_EQ(dns.verdict, Verdict::allowed);

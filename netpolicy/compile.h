@@ -1,0 +1,107 @@
+// The pure rule compiler: (effective trust policy, running VMs, authorized
+// holes) -> the daemon's nftables ruleset, and the small plans that add or
+// remove one VM or one hole without touching the rest. No syscalls here.
+//
+// Layout (see docs/enforcement.md for the full picture):
+//   table inet surrogated
+//     chain forward  (hook forward, priority -10): iifname vmap @from_vm,
+//                    oifname vmap @to_vm, then drop anything on "sg*" left
+//     chain input    (hook input,   priority -10): iifname vmap @vm_to_host,
+//                    then drop anything from "sg*" left
+//     shared sets    reserved_*, allow_reserved_*, block_*, closed_ports,
+//                    semi_tcp_*, semi_udp_*
+//     per VM         chains vm_<name>_out / _in / _host, sets
+//                    vm_<name>_client_*, _holes_*, meters, quota vm_<name>_quota
+//   table arp surrogated
+//     chain input: ARP from "sg*" only with the VM's own address and MAC
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.h"
+#include "netpolicy/ruleset.h"
+#include "trust/policy.h"
+
+namespace sg::netpolicy {
+
+struct VmNet {
+  std::int64_t id = 0;  // also the flows' ct mark
+  std::string name;     // "sg3": chain names and the tap
+  std::string mac;
+  std::optional<IpAddress> v4, v6;              // the guest's addresses
+  std::optional<IpAddress> gateway4, gateway6;  // the host end of its tap
+  trust::TrustLevel level = trust::TrustLevel::untrusted;
+  std::vector<Prefix> client;  // the client's own addresses: always reachable
+};
+
+struct Hole {
+  std::int64_t id = 0;  // authcert id (or admin hole id)
+  std::string vm;       // VM name
+  Prefix destination;
+  std::uint8_t protocol = 0;  // IPPROTO_*; 0 = any protocol
+  trust::PortRange ports;     // destination ports (tcp/udp); all for other protocols
+  std::int64_t expires = 0;   // unix seconds; the kernel removes it then
+};
+
+struct CompileOptions {
+  std::string table = "surrogated";
+  std::string iface_prefix = "sg";  // taps are "sg<id>"
+  std::uint16_t log_group = 1;      // nflog group of every drop
+  int priority = -10;
+};
+
+// ct mark bit for connections opened by a SYN-only allowance: such a
+// connection may complete its handshake (so traceroute sees the answer) but
+// the VM may not send data on it.
+inline constexpr std::uint32_t kSynOnlyMark = 0x80000000U;
+
+class Compiler {
+ public:
+  Compiler(const trust::Policy& policy, CompileOptions options) : policy_(policy), opt_(std::move(options)) {}
+
+  // The whole ruleset for these VMs and holes; `now` turns hole expiry into
+  // element timeouts.
+  [[nodiscard]] Ruleset compile(const std::vector<VmNet>& vms, const std::vector<Hole>& holes, std::int64_t now) const;
+
+  // Everything that belongs to one VM, and the plans to add or remove it.
+  [[nodiscard]] Plan plan_add_vm(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
+  [[nodiscard]] Plan plan_remove_vm(const VmNet& vm) const;
+  [[nodiscard]] Plan plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const;
+  [[nodiscard]] Plan plan_remove_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const;
+  // Replaces the block list in place (abuse complaints act at once).
+  [[nodiscard]] Plan plan_update_block_list() const;
+
+  // The VM's own chains, as nft text (surrogatectl rules show VM).
+  [[nodiscard]] std::string vm_text(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
+
+  [[nodiscard]] const CompileOptions& options() const { return opt_; }
+
+ private:
+  struct VmParts {
+    std::vector<Set> sets;
+    std::vector<QuotaObject> quotas;
+    std::vector<Chain> chains;
+    std::vector<std::pair<std::string, SetElement>> map_elements;  // map name -> element
+    std::vector<SetElement> arp_elements;
+  };
+  [[nodiscard]] VmParts vm_parts(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
+  [[nodiscard]] Chain out_chain(const VmNet& vm) const;
+  [[nodiscard]] Chain in_chain(const VmNet& vm) const;
+  [[nodiscard]] Chain host_chain(const VmNet& vm) const;
+  [[nodiscard]] std::vector<Set> shared_sets() const;
+  [[nodiscard]] std::vector<SetElement> hole_elements(const Hole& hole, Family family, std::int64_t now) const;
+  [[nodiscard]] Rule drop_rule(const VmNet& vm, std::vector<Match> matches, const std::string& reason,
+                               const std::string& why) const;
+
+  const trust::Policy& policy_;
+  CompileOptions opt_;
+};
+
+// Set element helpers.
+SetElement prefix_element(const Prefix& p);
+SetElement port_range_element(const trust::PortRange& r);
+
+}  // namespace sg::netpolicy

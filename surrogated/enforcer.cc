@@ -1,0 +1,157 @@
+#include "surrogated/enforcer.h"
+
+#include <netinet/in.h>
+
+#include <sstream>
+
+#include "common/log.h"
+#include "common/timeutil.h"
+
+namespace sg {
+
+Result<std::unique_ptr<Enforcer>> Enforcer::open(StateStore& store, const AddressPool& pool,
+                                                 netpolicy::CompileOptions options) {
+  auto backend = netpolicy::NftBackend::open();
+  if (!backend) return with_context("nftables", backend.error());
+  auto monitor = netpolicy::NftMonitor::open(options.table);
+  if (!monitor) return with_context("nftables monitor", monitor.error());
+  return std::unique_ptr<Enforcer>(
+      new Enforcer(store, pool, std::move(options), std::move(*backend), std::move(*monitor)));
+}
+
+netpolicy::VmNet Enforcer::vm_net(const VmRecord& vm, const VmAddresses& addr) {
+  netpolicy::VmNet n;
+  n.id = vm.id;
+  n.name = vm.name;
+  n.mac = vm.mac;
+  n.v4 = addr.v4_guest;
+  n.v6 = addr.v6_guest;
+  n.gateway4 = addr.v4_gateway;
+  n.gateway6 = addr.v6_gateway;
+  n.level = trust::parse_trust_level(vm.trust_level).value_or(trust::TrustLevel::untrusted);
+  std::stringstream ss(vm.client_addrs);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (auto p = Prefix::parse(item)) n.client.push_back(*p);
+  }
+  return n;
+}
+
+std::optional<netpolicy::Hole> Enforcer::hole_of(const HoleRecord& h) {
+  auto dest = Prefix::parse(h.destination);
+  if (!dest) return std::nullopt;
+  netpolicy::Hole out;
+  out.id = h.id;
+  out.vm = h.vm_name;
+  out.destination = *dest;
+  out.protocol = static_cast<std::uint8_t>(h.protocol);
+  out.ports = trust::PortRange{static_cast<std::uint16_t>(h.port_first), static_cast<std::uint16_t>(h.port_last)};
+  out.expires = h.expires;
+  return out;
+}
+
+std::vector<netpolicy::Hole> Enforcer::holes_of(std::int64_t vm_id) const {
+  std::vector<netpolicy::Hole> out;
+  auto holes = store_.open_holes(now_unix(), vm_id);
+  if (!holes) {
+    log::error("cannot read holes: " + holes.error().describe());
+    return out;
+  }
+  for (const auto& h : *holes) {
+    if (auto x = hole_of(h)) out.push_back(*x);
+  }
+  return out;
+}
+
+Status Enforcer::install_all(std::shared_ptr<const trust::Policy> policy) {
+  auto vms = store_.active();
+  if (!vms) return vms.error();
+  std::map<std::string, netpolicy::VmNet> nets;
+  std::vector<netpolicy::VmNet> list;
+  for (const auto& vm : *vms) {
+    auto n = vm_net(vm, pool_.addresses(vm.slot));
+    nets[n.name] = n;
+    list.push_back(n);
+  }
+  netpolicy::Compiler compiler(*policy, opt_);
+  auto rs = compiler.compile(list, holes_of(0), now_unix());
+  if (auto st = backend_.apply(netpolicy::plan_replace(rs)); !st) return st;
+  policy_ = std::move(policy);
+  installed_ = std::move(nets);
+  log::info("nftables: installed table '" + opt_.table + "' for " + std::to_string(installed_.size()) +
+            " VMs (policy " + policy_->version.substr(0, 19) + ")");
+  return {};
+}
+
+Status Enforcer::prepare(const VmRecord& vm, const VmAddresses& addr) {
+  auto net = vm_net(vm, addr);
+  auto it = installed_.find(vm.name);
+  if (it != installed_.end()) return {};  // installed by install_all (adopted VM)
+  netpolicy::Compiler compiler(*policy_, opt_);
+  if (auto st = backend_.apply(compiler.plan_add_vm(net, holes_of(vm.id), now_unix())); !st) return st;
+  installed_[vm.name] = net;
+  return {};
+}
+
+void Enforcer::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
+  auto it = installed_.find(vm.name);
+  if (it == installed_.end()) return;
+  netpolicy::Compiler compiler(*policy_, opt_);
+  if (auto st = backend_.apply(compiler.plan_remove_vm(it->second)); !st) {
+    // The VM is gone, its tap too; whatever is left is unreachable, and the
+    // next full install cleans it. Say so rather than fail the release.
+    log::error("nftables: could not remove rules of " + vm.name + ": " + st.error().describe());
+  }
+  installed_.erase(it);
+}
+
+Status Enforcer::add_hole(const VmRecord& vm, const HoleRecord& hole) {
+  auto it = installed_.find(vm.name);
+  auto h = hole_of(hole);
+  if (it == installed_.end() || !h) return make_error("VM " + vm.name + " has no rules installed");
+  netpolicy::Compiler compiler(*policy_, opt_);
+  return backend_.apply(compiler.plan_add_hole(it->second, *h, now_unix()));
+}
+
+Status Enforcer::remove_hole(const VmRecord& vm, const HoleRecord& hole) {
+  auto it = installed_.find(vm.name);
+  auto h = hole_of(hole);
+  if (it == installed_.end() || !h) return {};
+  netpolicy::Compiler compiler(*policy_, opt_);
+  return backend_.apply(compiler.plan_remove_hole(it->second, *h, now_unix()));
+}
+
+Status Enforcer::update_block_list(std::shared_ptr<const trust::Policy> policy) {
+  netpolicy::Compiler compiler(*policy, opt_);
+  if (auto st = backend_.apply(compiler.plan_update_block_list()); !st) return st;
+  policy_ = std::move(policy);
+  return {};
+}
+
+Result<std::string> Enforcer::rules_text(const std::string& vm_name) const {
+  netpolicy::Compiler compiler(*policy_, opt_);
+  if (!vm_name.empty()) {
+    auto it = installed_.find(vm_name);
+    if (it == installed_.end()) return make_error("no rules for '" + vm_name + "': no such running VM");
+    return compiler.vm_text(it->second, holes_of(it->second.id), now_unix());
+  }
+  std::vector<netpolicy::VmNet> list;
+  for (const auto& [name, n] : installed_) list.push_back(n);
+  return netpolicy::to_nft_text(compiler.compile(list, holes_of(0), now_unix()));
+}
+
+void Enforcer::on_monitor_ready() {
+  bool tampered = false;
+  for (const auto& ev : monitor_.read_events()) {
+    if (ev.from_us) continue;
+    tampered = true;
+    log::alert("nftables: " + ev.describe() + " by someone else; reinstalling the surrogated ruleset");
+  }
+  if (!tampered) return;
+  ++repairs_;
+  if (auto st = install_all(policy_); !st) {
+    log::alert("nftables: REPAIR FAILED, VM traffic may be unfiltered: " + st.error().describe());
+  }
+}
+
+}  // namespace sg

@@ -1,0 +1,73 @@
+// Keeps the kernel's nftables ruleset equal to what the trust policy says
+// for the running VMs and their holes. Follows the VM life cycle (rules
+// before the guest starts, removed after it is gone), reinstalls the whole
+// table atomically at start and on policy reload, and repairs it at once when
+// someone else deletes or flushes it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "netpolicy/compile.h"
+#include "netpolicy/nft_backend.h"
+#include "netpolicy/nft_monitor.h"
+#include "surrogated/address_pool.h"
+#include "surrogated/state_store.h"
+#include "surrogated/vm_manager.h"
+#include "trust/policy.h"
+
+namespace sg {
+
+class Enforcer final : public VmObserver {
+ public:
+  // Opens netlink in the daemon's network namespace.
+  static Result<std::unique_ptr<Enforcer>> open(StateStore& store, const AddressPool& pool,
+                                                netpolicy::CompileOptions options);
+
+  // Replaces the whole ruleset in one transaction with what `policy` says
+  // for every active VM and open hole in the state store.
+  Status install_all(std::shared_ptr<const trust::Policy> policy);
+
+  Status prepare(const VmRecord& vm, const VmAddresses& addr) override;
+  void released(const VmRecord& vm, const VmAddresses& addr) override;
+
+  Status add_hole(const VmRecord& vm, const HoleRecord& hole);
+  Status remove_hole(const VmRecord& vm, const HoleRecord& hole);
+  Status update_block_list(std::shared_ptr<const trust::Policy> policy);
+
+  // nft text of one VM's rules, or of the whole ruleset when vm is empty.
+  [[nodiscard]] Result<std::string> rules_text(const std::string& vm_name) const;
+
+  [[nodiscard]] int monitor_fd() const { return monitor_.fd(); }
+  // Reads nftables events; reinstalls at once when our tables were touched.
+  void on_monitor_ready();
+  [[nodiscard]] std::uint64_t repairs() const { return repairs_; }
+
+  [[nodiscard]] static netpolicy::VmNet vm_net(const VmRecord& vm, const VmAddresses& addr);
+  [[nodiscard]] static std::optional<netpolicy::Hole> hole_of(const HoleRecord& h);
+
+ private:
+  Enforcer(StateStore& store, const AddressPool& pool, netpolicy::CompileOptions options, netpolicy::NftBackend backend,
+           netpolicy::NftMonitor monitor)
+      : store_(store),
+        pool_(pool),
+        opt_(std::move(options)),
+        backend_(std::move(backend)),
+        monitor_(std::move(monitor)) {}
+  [[nodiscard]] std::vector<netpolicy::Hole> holes_of(std::int64_t vm_id) const;
+
+  StateStore& store_;
+  const AddressPool& pool_;
+  netpolicy::CompileOptions opt_;
+  netpolicy::NftBackend backend_;
+  netpolicy::NftMonitor monitor_;
+  std::shared_ptr<const trust::Policy> policy_;
+  std::map<std::string, netpolicy::VmNet> installed_;
+  std::uint64_t repairs_ = 0;
+};
+
+}  // namespace sg

@@ -1,0 +1,411 @@
+// Tier 2: what each trust level and each guardrail lets through, shown
+// with real packets between namespaces, and the bypass classes of
+// THREATS.md. The daemon runs on test:///default; the kernel path is real.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "tests/integration/topology.h"
+
+namespace sg::test {
+namespace {
+
+// The lab's stand-in internet is made of documentation ranges, which the
+// default policy (rightly) treats as reserved: lift them for the lab only.
+std::string lab_policy(const std::string& semi_fp, const std::string& trusted_fp) {
+  return R"(
+[guardrails]
+allow_reserved = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]
+block = ["203.0.113.192/27", "2001:db8:bad::/48"]
+
+[[clients.rules]]
+name = "lab machine"
+fingerprint = ")" +
+         semi_fp + R"("
+level = "semi-trusted"
+
+[[clients.rules]]
+name = "owner"
+fingerprint = ")" +
+         trusted_fp + R"("
+level = "trusted"
+
+[levels.semi-trusted]
+tcp = ["203.0.113.32/28:80", "[2001:db8:e::/64]:80"]
+udp = ["203.0.113.34:5353"]
+icmp = ["echo-request"]
+icmpv6 = ["echo-request"]
+per_destination = { packets = 50, kbit = 1000 }
+syn_per_second = 50
+
+[levels.trusted]
+per_destination = { packets = 100, kbit = 10000 }
+syn_per_second = 100
+
+[levels.untrusted]
+per_destination = { packets = 50, kbit = 1000 }
+syn_per_second = 50
+)";
+}
+
+class EnforcementTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto why = why_no_namespaces(); !why.empty()) GTEST_SKIP() << why;
+    topo_ = std::make_unique<Topology>("sge" + std::to_string(getpid()));
+    untrusted_key_ = topo_->keygen("untrusted");
+    semi_key_ = topo_->keygen("semi");
+    trusted_key_ = topo_->keygen("trusted");
+    ASSERT_TRUE(topo_->start(lab_policy(topo_->fingerprint(semi_key_), topo_->fingerprint(trusted_key_))))
+        << topo_->daemon().log();
+  }
+  void TearDown() override {
+    if (HasFailure() && topo_) {
+      std::cerr << "---- daemon log ----\n" << topo_->daemon().log() << "---- ruleset ----\n" << topo_->nft_list();
+    }
+    topo_.reset();
+  }
+
+  // Allocates a VM for `key` whose client is the "client" namespace.
+  std::string allocate(const std::string& key) {
+    auto vm = topo_->ctl_json({"allocate", "--client", topo_->client.v4 + "," + topo_->client.v6}, key);
+    EXPECT_TRUE(vm.contains("name")) << vm.dump();
+    return vm.value("name", "");
+  }
+
+  std::unique_ptr<Topology> topo_;
+  std::string untrusted_key_, semi_key_, trusted_key_;
+};
+
+TEST_F(EnforcementTest, UntrustedReachesOnlyItsClient) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  EXPECT_TRUE(t.ping(vm, t.client.v4));
+  EXPECT_TRUE(t.ping(vm, t.client.v6));
+  EXPECT_TRUE(t.tcp_reaches(vm, t.client.v4, 8080));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.client.v4, 22));  // closed ports hold towards the client too
+  t.reset_sensors();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));
+  EXPECT_FALSE(t.ping(vm, t.internet.v6));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 80));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v4, 8080));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_EQ(t.sensor(t.nodeA.ns), 0U);
+  EXPECT_GE(t.drop_counter(vm + " not-allowed"), 4U);
+}
+
+TEST_F(EnforcementTest, ClosedPortsHoldEvenTowardsTheClient) {
+  std::string vm = allocate(trusted_key_);
+  auto& t = *topo_;
+  t.reset_sensors();
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 25));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 31337));
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 443));
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 8080));
+  EXPECT_EQ(t.sensor(t.internet.ns), 2U);  // the two SYNs that were allowed
+  EXPECT_GE(t.drop_counter(vm + " closed-port"), 2U);
+}
+
+TEST_F(EnforcementTest, HoleOpensAndClosesANodeForAnUntrustedVm) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v4, 8080));
+  auto add = t.ctl_json({"hole", "add", vm, t.nodeA.v4 + ":8080", "--proto", "tcp", "--for", "10m"});
+  ASSERT_TRUE(add.contains("id")) << add.dump();
+  EXPECT_TRUE(t.tcp_reaches(vm, t.nodeA.v4, 8080));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v4, 8081));  // only the granted port
+  EXPECT_FALSE(t.ping(vm, t.nodeA.v4));               // only the granted protocol
+  auto rm = t.ctl({"hole", "remove", std::to_string(add["id"].get<int>())});
+  EXPECT_EQ(rm.code, 0) << rm.err;
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v4, 8080));
+}
+
+TEST_F(EnforcementTest, HoleExpiresInTheKernelEvenWithTheDaemonDown) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  auto add = t.ctl_json({"hole", "add", vm, t.nodeA.v4, "--proto", "icmp", "--for", "2s"});
+  ASSERT_TRUE(add.contains("id")) << add.dump();
+  EXPECT_TRUE(t.ping(vm, t.nodeA.v4));
+  t.daemon().kill9();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_FALSE(t.ping(vm, t.nodeA.v4));
+}
+
+TEST_F(EnforcementTest, SemiTrustedGetsItsAllowlistOnly) {
+  std::string vm = allocate(semi_key_);
+  auto& t = *topo_;
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 80));
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v6, 80));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 8080));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v4, 80));  // outside the allowlisted prefix
+  EXPECT_TRUE(t.ping(vm, t.nodeA.v4));              // echo-request to anywhere
+  t.reset_sensors();
+  t.in_guest(vm, {sgprobe_bin(), "udp-send", t.internet.v4, "5353", "3"});
+  t.in_guest(vm, {sgprobe_bin(), "udp-send", t.internet.v4, "5354", "3"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(t.sensor(t.internet.ns), 3U);
+}
+
+TEST_F(EnforcementTest, TrustedReachesAnythingButTheGuardrails) {
+  std::string vm = allocate(trusted_key_);
+  auto& t = *topo_;
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 8080));
+  EXPECT_TRUE(t.tcp_reaches(vm, t.nodeA.v6, 9999));
+  EXPECT_TRUE(t.ping(vm, t.internet.v6));
+  t.reset_sensors();
+  for (const auto& a : t.reserved_v4) EXPECT_FALSE(t.ping(vm, a)) << a;
+  for (const auto& a : t.reserved_v6) EXPECT_FALSE(t.ping(vm, a)) << a;
+  EXPECT_FALSE(t.ping(vm, t.blocked_v4));
+  EXPECT_FALSE(t.ping(vm, t.blocked_v6));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_GE(t.drop_counter(vm + " reserved"), t.reserved_v4.size() + t.reserved_v6.size());
+  EXPECT_GE(t.drop_counter(vm + " blocked"), 2U);
+}
+
+TEST_F(EnforcementTest, SpoofedSourceAddressAndMacAreDropped) {
+  std::string vm = allocate(trusted_key_);
+  auto& t = *topo_;
+  ASSERT_TRUE(t.ping(vm, t.internet.v4));
+  // Another VM's address (from the pool) and a foreign one, IPv4 and IPv6.
+  t.in_guest(vm, {"ip", "addr", "add", "198.51.100.99/32", "dev", "eth0"});
+  t.in_guest(vm, {"ip", "addr", "add", "2001:db8:5:ff::9/128", "dev", "eth0", "nodad"});
+  t.reset_sensors();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4, {"-I", "198.51.100.99"}));
+  EXPECT_FALSE(t.ping(vm, t.internet.v6, {"-I", "2001:db8:5:ff::9"}));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_GE(t.drop_counter(vm + " spoof-ip"), 2U);
+  // A foreign MAC: even with the right IP, nothing passes.
+  t.in_guest(vm, {"ip", "link", "set", "eth0", "address", "52:54:00:66:66:66"});
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));
+  // Dropped as a frame (spoof-mac), or already its ARP request (arp-spoof)
+  // when the guest had to look up its gateway again.
+  EXPECT_GE(t.drop_counter(vm + " spoof-mac") + t.drop_counter("sg? arp-spoof"), 1U);
+}
+
+TEST_F(EnforcementTest, ArpAndNeighbourDiscoveryOnlyForTheVmsOwnAddress) {
+  std::string vm = allocate(trusted_key_);
+  auto& t = *topo_;
+  auto info = t.ctl_json({"show", vm});
+  std::string gw4 = info["gateway_ipv4"], gw6 = info["gateway_ipv6"];
+  // ARP that claims another address than the VM's own is dropped.
+  t.in_guest(vm, {"ip", "addr", "add", "198.51.100.99/32", "dev", "eth0"});
+  t.in_guest(vm, {"ip", "neigh", "flush", "dev", "eth0"});
+  EXPECT_FALSE(t.ping(vm, gw4, {"-I", "198.51.100.99"}));
+  EXPECT_GE(t.drop_counter("sg? arp-spoof"), 1U);
+  // A neighbour advertisement claiming the gateway's IPv6 address is dropped.
+  auto na = t.in_guest(vm, {sgprobe_bin(), "na", gw6});
+  EXPECT_EQ(na.code, 0) << na.err;
+  EXPECT_GE(t.drop_counter(vm + " nd-spoof"), 1U);
+  // The VM's own address still works both ways.
+  t.in_guest(vm, {"ip", "addr", "del", "198.51.100.99/32", "dev", "eth0"});
+  EXPECT_TRUE(t.ping(vm, gw4));
+  EXPECT_TRUE(t.ping(vm, gw6));
+}
+
+TEST_F(EnforcementTest, FragmentsAndIpOptions) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  // A big ping is fragmented, reassembled before the rules, and the rules
+  // hold on the whole datagram: to the client it passes, elsewhere not.
+  EXPECT_TRUE(t.ping(vm, t.client.v4, {"-s", "4000"}));
+  EXPECT_TRUE(t.ping(vm, t.client.v6, {"-s", "4000"}));
+  t.reset_sensors();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4, {"-s", "4000"}));
+  EXPECT_FALSE(t.ping(vm, t.internet.v6, {"-s", "4000"}));
+  // A lone tail fragment never gets through.
+  t.in_guest(vm, {sgprobe_bin(), "frag", t.internet.v4});
+  // Record route (an IP option) is dropped even towards the client.
+  EXPECT_FALSE(t.ping(vm, t.client.v4, {"-R"}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_GE(t.drop_counter(vm + " ip-options"), 1U);
+}
+
+TEST_F(EnforcementTest, HostIsReachableOnlyForWhatAVmNeeds) {
+  std::string vm = allocate(trusted_key_);
+  auto& t = *topo_;
+  auto info = t.ctl_json({"show", vm});
+  EXPECT_TRUE(t.ping(vm, info["gateway_ipv4"]));
+  EXPECT_TRUE(t.ping(vm, info["gateway_ipv6"]));
+  // The host's other addresses and services are off limits.
+  EXPECT_FALSE(t.ping(vm, t.client.host_v4));
+  EXPECT_FALSE(t.tcp_reaches(vm, info["gateway_ipv4"], 22));
+  EXPECT_GE(t.drop_counter(vm + " host"), 2U);
+}
+
+TEST_F(EnforcementTest, AForeignAcceptingTableDoesNotOverrideOurDrops) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  RunOptions o;
+  o.netns = t.host_ns();
+  o.stdin_data =
+      "table inet foreign {\n"
+      "  chain early { type filter hook forward priority -200; policy accept; accept; }\n"
+      "  chain late { type filter hook forward priority 100; policy accept; accept; }\n"
+      "  chain input_early { type filter hook input priority -200; policy accept; accept; }\n"
+      "}\n";
+  auto loaded = run({"nft", "-f", "-"}, o);
+  ASSERT_EQ(loaded.code, 0) << loaded.err;
+  t.reset_sensors();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_TRUE(t.ping(vm, t.client.v4));
+}
+
+TEST_F(EnforcementTest, FlushRulesetIsRepairedAtOnce) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  ASSERT_EQ(t.in_ns(t.host_ns(), {"nft", "flush", "ruleset"}).code, 0);
+  bool back = false;
+  for (int i = 0; i < 50 && !back; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    back = t.nft_list().find("chain vm_" + vm + "_out") != std::string::npos;
+  }
+  EXPECT_TRUE(back) << "the daemon did not put its table back";
+  EXPECT_NE(t.daemon().log().find("reinstalling"), std::string::npos);
+  t.reset_sensors();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));
+  EXPECT_TRUE(t.ping(vm, t.client.v4));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  // Deleting just our table is repaired too.
+  ASSERT_EQ(t.in_ns(t.host_ns(), {"nft", "delete", "table", "inet", "surrogated"}).code, 0);
+  back = false;
+  for (int i = 0; i < 50 && !back; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    back = t.nft_list().find("chain vm_" + vm + "_out") != std::string::npos;
+  }
+  EXPECT_TRUE(back);
+}
+
+TEST_F(EnforcementTest, RulesSurviveADaemonCrashAndRestartAdopts) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  t.daemon().kill9();
+  t.reset_sensors();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));  // still filtered with no daemon
+  EXPECT_TRUE(t.ping(vm, t.client.v4));
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  ASSERT_TRUE(t.daemon().start()) << t.daemon().log();
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));
+  EXPECT_TRUE(t.ping(vm, t.client.v4));
+  auto list = t.ctl_json({"list"});
+  ASSERT_EQ(list.size(), 1U) << list.dump();
+}
+
+// kill -9 while the daemon installs its table (at start) or a VM's rules,
+// again and again, with a guest sending to a forbidden destination the whole
+// time: not one packet may arrive.
+TEST_F(EnforcementTest, KillNineDuringApplyNeverOpensTheFilter) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  t.reset_sensors();
+  std::atomic<bool> stop{false};
+  // The same guest also sends to its client: proof that the sender runs.
+  std::thread sender([&] {
+    while (!stop) {
+      t.in_guest(vm, {sgprobe_bin(), "udp-send", t.internet.v4, "9999", "50", "2"});
+      t.in_guest(vm, {sgprobe_bin(), "udp-send", t.client.v4, "9999", "5", "2"});
+    }
+  });
+  for (int i = 0; i < 100; ++i) {
+    pid_t pid = t.daemon().pid();
+    if (pid <= 0) {
+      ASSERT_TRUE(t.daemon().start()) << t.daemon().log();
+      continue;
+    }
+    // Half the time during an allocation (rules being added), else at once.
+    if (i % 2 == 0) {
+      std::thread alloc([&] { t.ctl({"allocate"}, untrusted_key_); });
+      std::this_thread::sleep_for(std::chrono::microseconds(500 * (i % 7)));
+      t.daemon().kill9();
+      alloc.join();
+    } else {
+      t.daemon().kill9();
+    }
+    ASSERT_TRUE(t.daemon().start()) << t.daemon().log();
+  }
+  stop = true;
+  sender.join();
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_GT(t.sensor(t.client.ns), 0U);
+  EXPECT_TRUE(t.ping(vm, t.client.v4));
+}
+
+// Holes added and removed for 30 s while traffic runs: a destination that
+// was never authorized sees nothing, and the authorized one sees traffic.
+TEST_F(EnforcementTest, HoleChurnNeverLeaksAForbiddenPacket) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  t.reset_sensors();
+  std::atomic<bool> stop{false};
+  std::thread forbidden([&] {
+    while (!stop) t.in_guest(vm, {sgprobe_bin(), "udp-send", t.internet.v4, "7000", "100", "1"});
+  });
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  int rounds = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    auto add = t.ctl_json({"hole", "add", vm, t.nodeA.v4 + ":7000", "--proto", "udp", "--for", "1m"});
+    ASSERT_TRUE(add.contains("id")) << add.dump();
+    t.in_guest(vm, {sgprobe_bin(), "udp-send", t.nodeA.v4, "7000", "1"});
+    ASSERT_EQ(t.ctl({"hole", "remove", std::to_string(add["id"].get<int>())}).code, 0);
+    ++rounds;
+  }
+  stop = true;
+  forbidden.join();
+  EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  EXPECT_GE(t.sensor(t.nodeA.ns), static_cast<std::uint64_t>(rounds) / 2);
+  std::cerr << rounds << " add/remove rounds in 30 s\n";
+}
+
+TEST_F(EnforcementTest, RulesShowPrintsTheVmsRules) {
+  std::string vm = allocate(semi_key_);
+  auto r = topo_->ctl({"rules", "show", vm});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("chain vm_" + vm + "_out"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("semi-trusted tcp allowlist"), std::string::npos);
+  // Another client cannot see them.
+  auto other = topo_->ctl({"rules", "show", vm}, untrusted_key_, 65534);
+  EXPECT_EQ(other.code, 4);
+}
+
+TEST_F(EnforcementTest, PolicyReloadReclassifiesAtomicallyOrNotAtAll) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 8080));
+  // Promote the untrusted client to trusted.
+  t.write_policy(lab_policy(t.fingerprint(semi_key_), t.fingerprint(untrusted_key_)));
+  auto r = t.ctl({"policy", "reload"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(t.ctl_json({"show", vm})["trust_level"], "trusted");
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 8080));
+  // A broken file leaves the running policy in force.
+  t.write_policy("[levels.trusted]\negress_mbit = -5\n");
+  auto bad = t.ctl({"policy", "reload"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("trust-policy.toml:2:"), std::string::npos) << bad.err;
+  EXPECT_EQ(t.ctl_json({"show", vm})["trust_level"], "trusted");
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 8080));
+  // SIGHUP reloads too.
+  t.write_policy(lab_policy(t.fingerprint(semi_key_), t.fingerprint(trusted_key_)));
+  kill(t.daemon().pid(), SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(t.ctl_json({"show", vm})["trust_level"], "untrusted");
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 8080));
+}
+
+TEST_F(EnforcementTest, ReleaseRemovesEveryRuleOfTheVm) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  ASSERT_NE(t.nft_list().find("vm_" + vm + "_out"), std::string::npos);
+  ASSERT_EQ(t.ctl({"release", vm}).code, 0);
+  std::string after = t.nft_list();
+  EXPECT_EQ(after.find("vm_" + vm), std::string::npos) << after;
+  EXPECT_EQ(after.find("\"" + vm + "\""), std::string::npos) << after;
+}
+
+}  // namespace
+}  // namespace sg::test
