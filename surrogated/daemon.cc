@@ -50,6 +50,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
     return with_context("cannot install the nftables ruleset (nothing was changed)", st.error());
   }
   d->vms_->add_observer(d->enforcer_.get());
+  d->sources_.push_back(d->enforcer_.get());
 
   if (d->cfg_.simulate_guest_network) {
     d->simulator_ = std::make_unique<GuestNetworkSimulator>(d->cfg_.guest_netns_prefix);
@@ -165,7 +166,7 @@ int Daemon::run() {
   for (bool running = true; running;) {
     std::vector<pollfd> fds;
     fds.push_back({sigfd.get(), POLLIN, 0});
-    fds.push_back({enforcer_->monitor_fd(), POLLIN, 0});
+    for (auto* src : sources_) fds.push_back({src->event_fd(), POLLIN, 0});
     server->collect_poll(fds);
     int n = ::poll(fds.data(), fds.size(), 1000);
     if (n < 0 && errno != EINTR) {
@@ -184,8 +185,15 @@ int Daemon::run() {
         }
       }
     }
-    // Tampering with the ruleset is repaired before anything else.
-    if (fds[1].revents != 0) enforcer_->on_monitor_ready();
+    // Sources come in registration order: the ruleset monitor first, so
+    // tampering is repaired before anything else is done.
+    for (std::size_t i = 0; i < sources_.size(); ++i) {
+      if (fds[1 + i].revents != 0) sources_[i]->on_event_ready();
+    }
+    if (std::int64_t now = now_unix(); now != last_tick_) {
+      last_tick_ = now;
+      for (auto* src : sources_) src->on_tick();
+    }
     server->on_ready(fds, handler);
     server->expire_idle();
     for (const auto& name : vms_->expire(now_unix())) log::notice(name + " expired");

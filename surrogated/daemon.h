@@ -10,6 +10,7 @@
 #include "surrogated/config.h"
 #include "surrogated/control_server.h"
 #include "surrogated/enforcer.h"
+#include "surrogated/event_source.h"
 #include "surrogated/guest_sim.h"
 #include "surrogated/hypervisor.h"
 #include "surrogated/protocol.h"
@@ -70,6 +71,9 @@ class Daemon {
   std::shared_ptr<const trust::Policy> policy_;
   std::unique_ptr<Enforcer> enforcer_;
   std::unique_ptr<GuestNetworkSimulator> simulator_;  // test:// driver only
+  // Polled by the event loop, in this order.
+  std::vector<EventSource*> sources_;
+  std::int64_t last_tick_ = 0;
   proto::ReplayGuard replay_;
   std::int64_t started_at_ = 0;
 };

@@ -140,7 +140,7 @@ Result<std::string> Enforcer::rules_text(const std::string& vm_name) const {
   return netpolicy::to_nft_text(compiler.compile(list, holes_of(0), now_unix()));
 }
 
-void Enforcer::on_monitor_ready() {
+void Enforcer::on_event_ready() {
   bool tampered = false;
   for (const auto& ev : monitor_.read_events()) {
     if (ev.from_us) continue;

@@ -16,13 +16,14 @@
 #include "netpolicy/nft_backend.h"
 #include "netpolicy/nft_monitor.h"
 #include "surrogated/address_pool.h"
+#include "surrogated/event_source.h"
 #include "surrogated/state_store.h"
 #include "surrogated/vm_manager.h"
 #include "trust/policy.h"
 
 namespace sg {
 
-class Enforcer final : public VmObserver {
+class Enforcer final : public VmObserver, public EventSource {
  public:
   // Opens netlink in the daemon's network namespace.
   static Result<std::unique_ptr<Enforcer>> open(StateStore& store, const AddressPool& pool,
@@ -42,9 +43,9 @@ class Enforcer final : public VmObserver {
   // nft text of one VM's rules, or of the whole ruleset when vm is empty.
   [[nodiscard]] Result<std::string> rules_text(const std::string& vm_name) const;
 
-  [[nodiscard]] int monitor_fd() const { return monitor_.fd(); }
+  [[nodiscard]] int event_fd() const override { return monitor_.fd(); }
   // Reads nftables events; reinstalls at once when our tables were touched.
-  void on_monitor_ready();
+  void on_event_ready() override;
   [[nodiscard]] std::uint64_t repairs() const { return repairs_; }
 
   [[nodiscard]] static netpolicy::VmNet vm_net(const VmRecord& vm, const VmAddresses& addr);
