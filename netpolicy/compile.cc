@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <map>
 
 namespace sg::netpolicy {
 namespace {
@@ -110,6 +111,8 @@ Set prefix_set(const std::string& name, Family f, const std::vector<Prefix>& pre
   return s;
 }
 
+constexpr std::uint8_t kIpProtoGre = 47;
+
 // 0x1fff: the fragment offset bits of the IPv4 header.
 constexpr std::uint16_t kFragOffsetMask = 0x1fff;
 
@@ -174,13 +177,18 @@ std::vector<Set> Compiler::shared_sets() const {
       sets.push_back(std::move(s));
     }
   }
-  for (const char* map : {"from_vm", "to_vm", "vm_to_host"}) {
+  for (const char* map : {"from_vm", "to_vm", "vm_to_host", "vm_pre"}) {
     Set s;
     s.name = map;
     s.key = {KeyType::ifname};
     s.verdict_map = true;
     sets.push_back(std::move(s));
   }
+  // Tunnel device . VM tap: what may come out of a tunnel, and where to.
+  Set tunnel_ok;
+  tunnel_ok.name = "tunnel_ok";
+  tunnel_ok.key = {KeyType::ifname, KeyType::ifname};
+  sets.push_back(std::move(tunnel_ok));
   return sets;
 }
 
@@ -227,6 +235,12 @@ Chain Compiler::out_chain(const VmNet& vm) const {
   // 2. Every new flow carries the VM's id, for the flow log.
   r.push_back(rule({ct_state(kCtNew)}, {CtMarkSet{static_cast<std::uint32_t>(vm.id)}},
                    n + ": mark new flows with VM id " + std::to_string(vm.id)));
+  // Its HTB class: everything else, unless the client or hole rule below
+  // picks a more specific one.
+  if (opt_.shaping) {
+    r.push_back(
+        rule({}, {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::other)}}, n + ": shape as everything else"));
+  }
   // 3. Evil packets: fragments that escaped reassembly, IP options, IPv6
   // routing headers.
   r.push_back(drop_rule(vm, {nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
@@ -237,10 +251,14 @@ Chain Compiler::out_chain(const VmNet& vm) const {
                         "drop IPv6 packets with a routing header"));
   r.push_back(drop_rule(vm, {nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
                         "drop IPv6 fragments that escaped reassembly"));
-  // 4. Daily byte quota.
-  if (lp.daily_quota_bytes > 0) {
-    r.push_back(rule({}, {QuotaRef{"vm_" + n + "_quota"}, Counter{}, Log{opt_.log_group, n + " quota "}, drop()},
-                     n + ": daily byte quota used up"));
+  // 4. GRE from the guest itself: no tunnel inside the tunnel, and no GRE
+  // that could pass for the host's own to the client's endpoint. Only
+  // levels that may be tunnelled; a semi-trusted policy that allows IP
+  // protocol 47 keeps it.
+  if (vm.level == TrustLevel::untrusted ||
+      (vm.level == TrustLevel::semi_trusted &&
+       std::find(lp.ip_protocols.begin(), lp.ip_protocols.end(), kIpProtoGre) == lp.ip_protocols.end())) {
+    r.push_back(drop_rule(vm, {l4proto(kIpProtoGre)}, "gre", "drop GRE sent by the guest (docs/tunnel.md)"));
   }
   // 5. Global guardrails, for every level.
   for (Family f : {Family::v4, Family::v6}) {
@@ -256,14 +274,29 @@ Chain Compiler::out_chain(const VmNet& vm) const {
         drop_rule(vm, {l4proto(proto), in_set({Field::th_dport}, "closed_ports")}, "closed-port",
                   std::string("drop ") + (proto == IPPROTO_TCP ? "TCP" : "UDP") + " to closed ports (guardrail)"));
   }
-  // 6. Its own client and authorized nodes: always, for every level.
+  // 6. Its own client: always, for every level, and before the quota, so a
+  // VM that used up its day can still talk to its owner.
+  auto shaped = [&](FlowClass fc) {
+    std::vector<Statement> st;
+    if (opt_.shaping) st.emplace_back(PrioritySet{tc_handle(opt_.tc_major, vm.id, fc)});
+    st.push_back(accept());
+    return st;
+  };
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(
-        rule({nfproto(f), in_set({daddr(f)}, "vm_" + n + "_client" + sfx(f))}, {accept()}, n + ": its own client"));
-    r.push_back(rule({nfproto(f), in_set({daddr(f), Field::l4proto, Field::th_dport}, "vm_" + n + "_holes" + sfx(f))},
-                     {accept()}, n + ": nodes that signed an authcert for this client"));
+    r.push_back(rule({nfproto(f), in_set({daddr(f)}, "vm_" + n + "_client" + sfx(f))}, shaped(FlowClass::client),
+                     n + ": its own client"));
   }
-  // 7. Semi-trusted allowlists (no meter: the destination is vetted).
+  // 7. Daily byte quota: counts everything but the client.
+  if (lp.daily_quota_bytes > 0) {
+    r.push_back(rule({}, {QuotaRef{"vm_" + n + "_quota"}, Counter{}, Log{opt_.log_group, n + " quota "}, drop()},
+                     n + ": daily byte quota used up"));
+  }
+  // 8. Authorized nodes: for every level.
+  for (Family f : {Family::v4, Family::v6}) {
+    r.push_back(rule({nfproto(f), in_set({daddr(f), Field::l4proto, Field::th_dport}, "vm_" + n + "_holes" + sfx(f))},
+                     shaped(FlowClass::nodes), n + ": nodes that signed an authcert for this client"));
+  }
+  // 9. Semi-trusted allowlists (no meter: the destination is vetted).
   if (vm.level == TrustLevel::semi_trusted) {
     for (Family f : {Family::v4, Family::v6}) {
       for (auto [proto, name] : {std::pair{static_cast<std::uint8_t>(IPPROTO_TCP), "tcp"},
@@ -274,7 +307,7 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       }
     }
   }
-  // 8. Per-destination-prefix meters for unsolicited traffic: new flows and
+  // 10. Per-destination-prefix meters for unsolicited traffic: new flows and
   // echo requests (a ping with replies is "established" to conntrack).
   for (Family f : {Family::v4, Family::v6}) {
     int len = f == Family::v4 ? lp.per_destination.v4_prefix_length : lp.per_destination.v6_prefix_length;
@@ -305,14 +338,14 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       meter(set, lim, {ct_state(kCtEstablished), echo_proto, echo}, "pings count against the same meter");
     }
   }
-  // 9. TCP SYN rate of the whole VM.
+  // 11. TCP SYN rate of the whole VM.
   if (lp.tcp_syn_per_second > 0) {
     r.push_back(rule({l4proto(IPPROTO_TCP), masked(Field::tcp_flags, u8_bytes(kTcpSyn | kTcpAck), u8_bytes(kTcpSyn))},
                      {Limit{lp.tcp_syn_per_second, false, lp.tcp_syn_per_second * 2, true}, Counter{},
                       Log{opt_.log_group, n + " syn-rate "}, drop()},
                      n + ": at most " + std::to_string(lp.tcp_syn_per_second) + " TCP SYN/s"));
   }
-  // 10. Continuations of allowed flows; SYN-only connections send no data.
+  // 12. Continuations of allowed flows; SYN-only connections send no data.
   r.push_back(
       rule({ct_state(kCtEstablished | kCtRelated), masked(Field::ct_mark, host32_bytes(kSynOnlyMark), host32_bytes(0))},
            {accept()}, n + ": established and related flows"));
@@ -320,7 +353,7 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       rule({l4proto(IPPROTO_TCP), masked(Field::ct_mark, host32_bytes(kSynOnlyMark), host32_bytes(kSynOnlyMark)),
             masked(Field::tcp_flags, u8_bytes(kTcpRst), u8_bytes(kTcpRst))},
            {accept()}, n + ": a SYN-only probe may reset its connection"));
-  // 11. What the level allows beyond that.
+  // 13. What the level allows beyond that.
   switch (vm.level) {
     case TrustLevel::trusted:
       r.push_back(rule({}, {accept()}, n + ": trusted: any destination (logged, under the guardrails)"));
@@ -358,6 +391,12 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       break;
     }
     case TrustLevel::untrusted:
+      // Marked in prerouting only while its tunnel is up, and accepted only
+      // when routing sent it into its own tunnel device: every guardrail
+      // above has already been applied.
+      r.push_back(rule({eq(Field::meta_mark, host32_bytes(tunnel_mark(vm.id))),
+                        eq(Field::oifname, ifname_bytes(tunnel_device(opt_.iface_prefix, vm.id)))},
+                       {accept()}, n + ": everything else into its GRE tunnel to its client"));
       r.push_back(drop_rule(vm, {}, "not-allowed", "untrusted: only its client and authorized nodes"));
       break;
   }
@@ -369,6 +408,15 @@ Chain Compiler::in_chain(const VmNet& vm) const {
   Chain c;
   c.name = "vm_" + n + "_in";
   auto& r = c.rules;
+  // Its HTB class on the tap: the client's traffic, or everything else.
+  if (opt_.shaping) {
+    r.push_back(
+        rule({}, {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::other)}}, n + ": shape as everything else"));
+    for (Family f : {Family::v4, Family::v6}) {
+      r.push_back(rule({nfproto(f), in_set({saddr(f)}, "vm_" + n + "_client" + sfx(f))},
+                       {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::client)}}, n + ": shape as its client"));
+    }
+  }
   r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, n + ": replies and related"));
   for (Family f : {Family::v4, Family::v6}) {
     r.push_back(rule({nfproto(f), in_set({saddr(f)}, "vm_" + n + "_client" + sfx(f))}, {accept()},
@@ -468,7 +516,11 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
       meter.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr};
       meter.dynamic = true;
       meter.timeout = true;
-      meter.size = 65535;
+      // The kernel sizes a dynamic set's hash table by `size` up front: 65535
+      // cost about 2 MiB per meter (8 MiB per VM). 4096 destination prefixes
+      // per minute per VM is far more than the per-destination rate lets a
+      // VM use; a VM spraying beyond it still meets its SYN rate and quota.
+      meter.size = 4096;
       meter.timeout_ms = 60'000;
       p.sets.push_back(std::move(meter));
     }
@@ -489,6 +541,10 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
     e.key = {{ifname_bytes(n), {}}, {address_bytes(*vm.v4), {}}, {mac_bytes(vm.mac), {}}};
     p.arp_elements.push_back(std::move(e));
   }
+  // Its tunnel's chain and elements, while it has one up (docs/tunnel.md).
+  if (opt_.tunnel_of && vm.level == TrustLevel::untrusted) {
+    if (auto tunnel = opt_.tunnel_of(vm.name)) add_tunnel_parts(p, vm, *tunnel);
+  }
   return p;
 }
 
@@ -498,6 +554,13 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
   t.name = opt_.table;
   t.sets = shared_sets();
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, opt_.priority, false}, {}};
+  // A client's tunnel carries only replies and its own connections to its
+  // own VM: nothing from a tunnel goes anywhere else (no relaying through
+  // the host), and a tunnel device without rules passes nothing.
+  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix + "t"),
+                                in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
+                               {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
+                               "a tunnel delivers only to its own VM"));
   forward.rules.push_back(rule({vmap(Field::iifname, "from_vm")}, {}, "dispatch packets from a VM to its chain"));
   forward.rules.push_back(rule({vmap(Field::oifname, "to_vm")}, {}, "dispatch packets to a VM to its chain"));
   forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
@@ -511,7 +574,12 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
   input.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
                              {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                              "fail closed: a VM interface without rules reaches nothing on the host"));
-  t.chains = {forward, input};
+  // Routing happens before forward: tunnel-bound packets are marked here,
+  // for `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md).
+  Chain prerouting{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {}};
+  prerouting.rules.push_back(
+      rule({vmap(Field::iifname, "vm_pre")}, {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
+  t.chains = {prerouting, forward, input};
 
   Table arp;
   arp.family = TableFamily::arp;
@@ -525,17 +593,28 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
                               {Counter{}, Log{opt_.log_group, "sg? arp-spoof "}, drop()},
                               "ARP from a VM only for its own address and MAC"));
 
+  // Holes grouped by VM and the shared maps indexed once, so compiling
+  // grows linearly with VMs and holes (a restart reconciles 1,000 VMs).
+  std::map<std::string, std::vector<Hole>> holes_by_vm;
+  for (const auto& h : holes) holes_by_vm[h.vm].push_back(h);
+  std::map<std::string, std::vector<SetElement>> map_elements;
+  const std::vector<Hole> no_holes;
   for (const auto& vm : vms) {
-    VmParts p = vm_parts(vm, holes, now);
-    t.sets.insert(t.sets.end(), p.sets.begin(), p.sets.end());
+    auto hv = holes_by_vm.find(vm.name);
+    VmParts p = vm_parts(vm, hv == holes_by_vm.end() ? no_holes : hv->second, now);
+    t.sets.insert(t.sets.end(), std::make_move_iterator(p.sets.begin()), std::make_move_iterator(p.sets.end()));
     t.quotas.insert(t.quotas.end(), p.quotas.begin(), p.quotas.end());
-    t.chains.insert(t.chains.end(), p.chains.begin(), p.chains.end());
-    for (auto& [map, e] : p.map_elements) {
-      for (auto& s : t.sets) {
-        if (s.name == map) s.elements.push_back(e);
-      }
-    }
+    t.chains.insert(t.chains.end(), std::make_move_iterator(p.chains.begin()),
+                    std::make_move_iterator(p.chains.end()));
+    for (auto& [map, e] : p.map_elements) map_elements[map].push_back(std::move(e));
     ok.elements.insert(ok.elements.end(), p.arp_elements.begin(), p.arp_elements.end());
+  }
+  for (auto& s : t.sets) {
+    auto it = map_elements.find(s.name);
+    // Shared verdict maps, and the shared tunnel_ok set (ifname . ifname).
+    if (it != map_elements.end()) {
+      s.elements.insert(s.elements.end(), it->second.begin(), it->second.end());
+    }
   }
   arp.sets = {ok};
   arp.chains = {arp_in};
@@ -626,6 +705,11 @@ Plan Compiler::plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now
     o.kind = Op::Kind::add_elements;
     o.table = opt_.table;
     o.name = "vm_" + vm.name + "_holes" + sfx(f);
+    // The set's layout, so the backend need not ask the kernel for it.
+    o.set.name = o.name;
+    o.set.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service};
+    o.set.interval = true;
+    o.set.timeout = true;
     o.elements = std::move(elems);
     plan.ops.push_back(std::move(o));
   }
@@ -637,6 +721,102 @@ Plan Compiler::plan_remove_hole(const VmNet& vm, const Hole& hole, std::int64_t 
   for (auto& o : plan.ops) {
     o.kind = Op::Kind::delete_elements;
     for (auto& e : o.elements) e.timeout_ms.reset();
+  }
+  return plan;
+}
+
+Chain Compiler::tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const {
+  const std::string& n = vm.name;
+  Chain c;
+  c.name = "vm_" + n + "_pre";
+  auto& r = c.rules;
+  // Both directions of a TCP handshake carry an MSS that fits the tunnel, so
+  // no segment needs fragmenting or a PMTU probe that may never come back.
+  auto clamp = [&](std::vector<Match> ms, const std::string& why) {
+    for (Family f : {Family::v4, Family::v6}) {
+      std::vector<Match> x = ms;
+      x.push_back(nfproto(f));
+      x.push_back(masked(Field::tcp_flags, u8_bytes(kTcpSyn | kTcpRst), u8_bytes(kTcpSyn)));
+      auto mss = static_cast<std::uint16_t>(tunnel.mtu - (f == Family::v4 ? 40 : 60));
+      r.push_back(rule(std::move(x), {MssSet{mss}}, n + ": " + why + " (" + (f == Family::v4 ? "IPv4" : "IPv6") + ")"));
+    }
+  };
+  Match from_tunnel = eq(Field::iifname, ifname_bytes(tunnel.device));
+  clamp({from_tunnel}, "clamp TCP MSS from the tunnel to its MTU " + std::to_string(tunnel.mtu));
+  r.push_back(rule({from_tunnel}, {Verdict{Verdict::Kind::ret, ""}}, n + ": from its tunnel: routed normally"));
+  for (Family f : {Family::v4, Family::v6}) {
+    r.push_back(rule({nfproto(f), in_set({daddr(f)}, "vm_" + n + "_client" + sfx(f))},
+                     {Verdict{Verdict::Kind::ret, ""}}, n + ": its own client: direct"));
+  }
+  for (Family f : {Family::v4, Family::v6}) {
+    r.push_back(rule({nfproto(f), in_set({daddr(f), Field::l4proto, Field::th_dport}, "vm_" + n + "_holes" + sfx(f))},
+                     {Verdict{Verdict::Kind::ret, ""}}, n + ": authorized nodes: direct"));
+  }
+  r.push_back(rule({}, {MarkSet{tunnel_mark(vm.id)}},
+                   n + ": everything else is routed into " + tunnel.device + " (ip rule fwmark)"));
+  clamp({}, "clamp TCP MSS into the tunnel to its MTU " + std::to_string(tunnel.mtu));
+  return c;
+}
+
+void Compiler::add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tunnel) const {
+  p.chains.push_back(tunnel_chain(vm, tunnel));
+  auto map_elem = [&](const std::string& ifname) {
+    SetElement e;
+    e.key.push_back({ifname_bytes(ifname), {}});
+    e.verdict_chain = "vm_" + vm.name + "_pre";
+    return e;
+  };
+  p.map_elements.emplace_back("vm_pre", map_elem(vm.name));
+  p.map_elements.emplace_back("vm_pre", map_elem(tunnel.device));
+  SetElement ok;
+  ok.key = {{ifname_bytes(tunnel.device), {}}, {ifname_bytes(vm.name), {}}};
+  p.map_elements.emplace_back("tunnel_ok", std::move(ok));
+}
+
+Plan Compiler::plan_tunnel_up(const VmNet& vm, const TunnelNet& tunnel) const {
+  VmParts p;
+  add_tunnel_parts(p, vm, tunnel);
+  Plan plan;
+  for (const auto& c : p.chains) {
+    Op o;
+    o.kind = Op::Kind::add_chain;
+    o.table = opt_.table;
+    o.name = c.name;
+    o.chain = c;
+    plan.ops.push_back(std::move(o));
+  }
+  // Dispatch last: the chain is complete before a packet reaches it.
+  for (const auto& [set, e] : p.map_elements) {
+    Op o;
+    o.kind = Op::Kind::add_elements;
+    o.table = opt_.table;
+    o.name = set;
+    o.elements = {e};
+    plan.ops.push_back(std::move(o));
+  }
+  return plan;
+}
+
+Plan Compiler::plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const {
+  VmParts p;
+  add_tunnel_parts(p, vm, tunnel);
+  Plan plan;
+  for (const auto& [set, e] : p.map_elements) {
+    Op o;
+    o.kind = Op::Kind::delete_elements;
+    o.table = opt_.table;
+    o.name = set;
+    o.elements = {e};
+    plan.ops.push_back(std::move(o));
+  }
+  for (const auto& c : p.chains) {
+    for (auto kind : {Op::Kind::flush_chain, Op::Kind::delete_chain}) {
+      Op o;
+      o.kind = kind;
+      o.table = opt_.table;
+      o.name = c.name;
+      plan.ops.push_back(std::move(o));
+    }
   }
   return plan;
 }

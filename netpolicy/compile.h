@@ -17,12 +17,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "common/net.h"
 #include "netpolicy/ruleset.h"
+#include "netpolicy/tc_plan.h"
 #include "trust/policy.h"
 
 namespace sg::netpolicy {
@@ -46,12 +48,40 @@ struct Hole {
   std::int64_t expires = 0;   // unix seconds; the kernel removes it then
 };
 
+// An untrusted VM's GRE tunnel back to its client, as the rules see it.
+struct TunnelNet {
+  std::string device;        // "sgt3": the tunnel's interface on the host
+  std::uint16_t mtu = 1476;  // inner MTU: TCP SYNs are clamped to fit it
+};
+
 struct CompileOptions {
   std::string table = "surrogated";
   std::string iface_prefix = "sg";  // taps are "sg<id>"
   std::uint16_t log_group = 1;      // nflog group of every drop
   int priority = -10;
+  // Traffic shaping (docs/shaping.md): each VM's chains set `meta priority`
+  // to its HTB class (client, authorized nodes, everything else) under the
+  // qdisc with this tc major.
+  bool shaping = true;
+  std::uint32_t tc_major = kTcMajorDefault;
+  // GRE tunnels to the client (docs/tunnel.md): the tunnel of an untrusted
+  // VM, if it has one up. Consulted on every compile, so a full reinstall
+  // (restart, policy reload, repair) keeps the tunnels' rules.
+  std::function<std::optional<TunnelNet>(const std::string& vm_name)> tunnel_of;
 };
+
+// Packet mark (`meta mark`) of a VM's tunnel-bound packets: set in
+// prerouting, routed by `ip rule fwmark`, accepted in the VM's egress chain
+// only when they leave through its own tunnel device.
+inline constexpr std::uint32_t kTunnelMarkBit = 0x40000000U;
+[[nodiscard]] inline std::uint32_t tunnel_mark(std::int64_t vm_id) {
+  return kTunnelMarkBit | (static_cast<std::uint32_t>(vm_id) & 0x3fffffffU);
+}
+// "sgt3": under the VM interface prefix, so the catch-all "sg*" drops also
+// cover a tunnel device that has no rules.
+[[nodiscard]] inline std::string tunnel_device(const std::string& iface_prefix, std::int64_t vm_id) {
+  return iface_prefix + "t" + std::to_string(vm_id);
+}
 
 // ct mark bit for connections opened by a SYN-only allowance: such a
 // connection may complete its handshake (so traceroute sees the answer) but
@@ -71,6 +101,11 @@ class Compiler {
   [[nodiscard]] Plan plan_remove_vm(const VmNet& vm) const;
   [[nodiscard]] Plan plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const;
   [[nodiscard]] Plan plan_remove_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const;
+  // A VM's tunnel: the prerouting chain that marks its tunnel-bound packets
+  // and clamps MSS, and the dispatch elements; added after the tunnel device
+  // and its routes exist, removed before they go.
+  [[nodiscard]] Plan plan_tunnel_up(const VmNet& vm, const TunnelNet& tunnel) const;
+  [[nodiscard]] Plan plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const;
   // Replaces the block list in place (abuse complaints act at once).
   [[nodiscard]] Plan plan_update_block_list() const;
 
@@ -91,6 +126,9 @@ class Compiler {
   [[nodiscard]] Chain out_chain(const VmNet& vm) const;
   [[nodiscard]] Chain in_chain(const VmNet& vm) const;
   [[nodiscard]] Chain host_chain(const VmNet& vm) const;
+  [[nodiscard]] Chain tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const;
+  // The tunnel's chain and its dispatch/guard elements (set name -> element).
+  void add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tunnel) const;
   [[nodiscard]] std::vector<Set> shared_sets() const;
   [[nodiscard]] std::vector<SetElement> hole_elements(const Hole& hole, Family family, std::int64_t now) const;
   [[nodiscard]] Rule drop_rule(const VmNet& vm, std::vector<Match> matches, const std::string& reason,

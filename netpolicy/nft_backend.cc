@@ -129,6 +129,7 @@ FieldSpec field_spec(Field f) {
       s.len = 1;
       s.need_nfproto = NFPROTO_IPV6;
       break;
+    case Field::meta_mark: meta(NFT_META_MARK, 4); break;
   }
   return s;
 }
@@ -580,6 +581,39 @@ class RuleCompiler {
     b_.add(std::move(e));
     return {};
   }
+  Status compile_statement(const MarkSet& m) {
+    b_.immediate_data(NFT_REG_1, host32_bytes(m.mark));
+    auto e = RuleBuilder::make("meta");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, NFT_META_MARK);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_SREG, NFT_REG_1);
+    b_.add(std::move(e));
+    return {};
+  }
+  Status compile_statement(const MssSet& m) {
+    if (family_ != TableFamily::inet) return make_error("tcp option maxseg needs an inet table");
+    if (m.mss == 0) return make_error("an MSS of 0 would stall every TCP connection");
+    // As nft: the tcp dependency unless the rule already pinned it, then
+    // the value written over the option's 2-byte size field (kind 2, offset 2).
+    if (ctx_.l4proto != IPPROTO_TCP) {
+      b_.meta_load(NFT_META_L4PROTO, NFT_REG_1);
+      b_.cmp(NFT_REG_1, NFT_CMP_EQ, u8_bytes(IPPROTO_TCP));
+      ctx_.l4proto = IPPROTO_TCP;
+    }
+    b_.immediate_data(NFT_REG_1, be16_bytes(m.mss));
+    auto e = RuleBuilder::make("exthdr");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_SREG, NFT_REG_1);
+    nftnl_expr_set_u8(e.get(), NFTNL_EXPR_EXTHDR_TYPE, 2);  // TCPOPT_MAXSEG
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_OFFSET, 2);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_LEN, 2);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_OP, NFT_EXTHDR_OP_TCPOPT);
+    b_.add(std::move(e));
+    return {};
+  }
+  Status compile_statement(const Masquerade&) {
+    if (family_ != TableFamily::inet) return make_error("masquerade needs an inet table");
+    b_.add(RuleBuilder::make("masq"));
+    return {};
+  }
   Status compile_statement(const MeterUpdate& u) {
     if (auto st = check_family(u.key); !st) return st;
     auto spec = field_spec(u.key);
@@ -956,7 +990,7 @@ class PlanEncoder {
           if (!hook) return with_context("chain " + op.chain.name, hook.error());
           nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, *hook);
           nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, op.chain.base->priority);
-          nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
+          nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, op.chain.base->nat ? "nat" : "filter");
           nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, op.chain.base->policy_drop ? NF_DROP : NF_ACCEPT);
         }
         std::string what = op_text(op);
@@ -1302,6 +1336,46 @@ Result<bool> NftBackend::table_exists(TableFamily family, const std::string& nam
       r = mnl_nlmsg_next(r, &len);
     }
   }
+}
+
+Result<QuotaObject> NftBackend::read_quota(TableFamily family, const std::string& table, const std::string& name,
+                                           bool reset) {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  nft::Obj query(nftnl_obj_alloc());
+  nftnl_obj_set_str(query.get(), NFTNL_OBJ_TABLE, table.c_str());
+  nftnl_obj_set_str(query.get(), NFTNL_OBJ_NAME, name.c_str());
+  nftnl_obj_set_u32(query.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_QUOTA);
+  const std::uint32_t seq = seq_++;
+  auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), reset ? NFT_MSG_GETOBJ_RESET : NFT_MSG_GETOBJ, nfproto_of(family),
+                                    NLM_F_ACK, seq);
+  nftnl_obj_nlmsg_build_payload(nlh, query.get());
+  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error("asking for quota " + name);
+  std::optional<QuotaObject> found;
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
+    if (n < 0) return make_sys_error("reading quota " + name);
+    auto* r = reinterpret_cast<nlmsghdr*>(buf.data());
+    int len = static_cast<int>(n);
+    bool done = false;
+    while (mnl_nlmsg_ok(r, len)) {
+      if (r->nlmsg_seq == seq) {
+        if (r->nlmsg_type == NLMSG_ERROR) {
+          auto* e = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(r));
+          if (e->error != 0) return make_sys_error("quota " + name + " in table " + table, -e->error);
+          done = true;
+        } else if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWOBJ) {
+          nft::Obj o(nftnl_obj_alloc());
+          if (nftnl_obj_nlmsg_parse(r, o.get()) < 0) return make_sys_error("parsing quota " + name);
+          found = QuotaObject{name, nftnl_obj_get_u64(o.get(), NFTNL_OBJ_QUOTA_BYTES),
+                              nftnl_obj_get_u64(o.get(), NFTNL_OBJ_QUOTA_CONSUMED)};
+        }
+      }
+      r = mnl_nlmsg_next(r, &len);
+    }
+    if (done) break;
+  }
+  if (!found) return make_error("the kernel sent no quota " + name);
+  return *found;
 }
 
 }  // namespace sg::netpolicy

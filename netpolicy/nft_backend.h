@@ -32,6 +32,12 @@ class NftBackend {
 
   Result<bool> table_exists(TableFamily family, const std::string& name);
 
+  // A named quota object as the kernel has it: its limit and the bytes
+  // consumed so far. With `reset`, the kernel zeroes the consumed bytes in
+  // the same step (NFT_MSG_GETOBJ_RESET) and reports what was consumed before.
+  Result<QuotaObject> read_quota(TableFamily family, const std::string& table, const std::string& name,
+                                 bool reset = false);
+
   // The netlink port id of this socket. Kernel notifications about changes
   // made through it carry it as nlmsg_pid, which is how NftMonitor tells our
   // own transactions from someone else's.

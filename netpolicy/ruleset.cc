@@ -223,6 +223,7 @@ std::string selector(Field f) {
     case Field::arp_sha: return "arp saddr ether";
     case Field::ip6_exthdr_routing: return "exthdr rt";
     case Field::ip6_exthdr_fragment: return "exthdr frag";
+    case Field::meta_mark: return "meta mark";
   }
   return "?";
 }
@@ -250,7 +251,8 @@ std::string value_text(Field f, const Bytes& v) {
     case Field::icmpv6_type: return icmpv6_type_name(v[0]);
     case Field::icmpv6_nd_target: return hex_bytes(v);
     case Field::ct_state: return flag_names(host_u32(v), ct_state_names());
-    case Field::ct_mark: {
+    case Field::ct_mark:
+    case Field::meta_mark: {
       char buf[16];
       std::snprintf(buf, sizeof buf, "0x%08x", host_u32(v));
       return buf;
@@ -396,6 +398,13 @@ struct StatementText {
     return "update @" + u.set + " { " + meter_key_text(u) + " " + limit_text(u.limit) + " }";
   }
   std::string operator()(const Verdict& v) const { return verdict_text(v); }
+  std::string operator()(const MarkSet& m) const {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "meta mark set 0x%08x", m.mark);
+    return buf;
+  }
+  std::string operator()(const MssSet& m) const { return "tcp option maxseg size set " + std::to_string(m.mss); }
+  std::string operator()(const Masquerade&) const { return "masquerade"; }
 };
 
 const char* key_type_name(KeyType k) {
@@ -499,8 +508,8 @@ std::string hook_text(BaseHook::Hook h) {
 }
 
 std::string base_chain_text(const BaseHook& b) {
-  return "type filter hook " + hook_text(b.hook) + " priority " + std::to_string(b.priority) + "; policy " +
-         (b.policy_drop ? "drop" : "accept") + ";";
+  return std::string(b.nat ? "type nat" : "type filter") + " hook " + hook_text(b.hook) + " priority " +
+         std::to_string(b.priority) + "; policy " + (b.policy_drop ? "drop" : "accept") + ";";
 }
 
 // The lines inside "set NAME { ... }", without the elements.

@@ -46,6 +46,7 @@ enum class Field : std::uint8_t {
   arp_sha,              // arp saddr ether: ARP header offset 8, 6 bytes
   ip6_exthdr_routing,   // exthdr rt exists (IPv6 routing header present): 1 byte boolean
   ip6_exthdr_fragment,  // exthdr frag exists
+  meta_mark,            // meta mark: 4 bytes, host order (the packet mark policy routing reads)
 };
 
 // ct state bits (linux/netfilter/nf_conntrack_common.h).
@@ -115,6 +116,18 @@ struct CtMarkSet {
 struct PrioritySet {
   std::uint32_t priority = 0;  // major << 16 | minor, as tc class ids
 };
+// `meta mark set`: the packet mark an `ip rule fwmark` routes by (tunnel/).
+struct MarkSet {
+  std::uint32_t mark = 0;
+};
+// `tcp option maxseg size set N`: clamps the MSS of a SYN that carries one,
+// so TCP through a tunnel never sends segments its MTU cannot carry.
+struct MssSet {
+  std::uint16_t mss = 0;
+};
+// `masquerade`: source NAT to the outgoing interface's address (only in a
+// base chain of type nat, hook postrouting).
+struct Masquerade {};
 // Adds/updates an element of a dynamic set keyed by a (masked) field, with a
 // per-element limit; matches when that element's limit is exceeded.
 struct MeterUpdate {
@@ -127,7 +140,8 @@ struct Verdict {
   enum class Kind : std::uint8_t { accept, drop, jump, go_to, ret } kind = Kind::accept;
   std::string chain;  // jump / goto
 };
-using Statement = std::variant<Counter, Log, Limit, QuotaRef, CtMarkSet, PrioritySet, MeterUpdate, Verdict>;
+using Statement = std::variant<Counter, Log, Limit, QuotaRef, CtMarkSet, PrioritySet, MeterUpdate, Verdict, MarkSet,
+                               MssSet, Masquerade>;
 
 struct Rule {
   std::vector<Match> matches;
@@ -140,6 +154,7 @@ struct BaseHook {
   enum class Hook : std::uint8_t { prerouting, input, forward, output, postrouting } hook = Hook::forward;
   int priority = 0;
   bool policy_drop = false;
+  bool nat = false;  // type nat instead of type filter (masquerade)
 };
 
 struct Chain {

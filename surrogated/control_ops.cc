@@ -31,7 +31,7 @@ nlohmann::json Daemon::handle(const proto::Request& req, const Peer& peer) {
   try {
     if (req.op == "status") return op_status();
     if (req.op == "allocate") return op_allocate(req, peer);
-    if (req.op == "release") return op_release(req, peer);
+    if (req.op == "release" || req.op == "stop") return op_release(req, peer);
     if (req.op == "list") return op_list(req, peer);
     if (req.op == "show") return op_show(req, peer);
     if (req.op == "policy-reload") return op_policy_reload(req, peer);
@@ -41,9 +41,25 @@ nlohmann::json Daemon::handle(const proto::Request& req, const Peer& peer) {
     if (req.op == "hole-add") return op_hole_add(req, peer);
     if (req.op == "hole-remove") return op_hole_remove(req, peer);
     if (req.op == "hole-list") return op_hole_list(req, peer);
+    if (req.op == "authcert-submit") return op_authcert_submit(req, peer);
+    if (req.op == "authcert-list") return op_authcert_list(req, peer);
+    if (req.op == "authcert-revoke") return op_authcert_revoke(req, peer);
+    if (req.op == "pki") return op_pki(req, peer);
+    if (req.op == "flows") return op_flows(req, peer);
+    if (req.op == "who-sent") return op_who_sent(req, peer);
+    if (req.op == "drops") return op_drops(req, peer);
+    if (req.op == "top") return op_top(req, peer);
+    if (req.op == "block") return op_block(req, peer, true);
+    if (req.op == "unblock") return op_block(req, peer, false);
+    if (req.op == "blocks") return op_blocks(req, peer);
+    if (req.op == "audit") return op_audit(req, peer);
+    if (req.op == "tunnel-up") return op_tunnel_up(req, peer);
+    if (req.op == "tunnel-down") return op_tunnel_down(req, peer);
+    if (req.op == "tunnel-status") return op_tunnel_status(req, peer);
     return bad("unknown operation '" + req.op +
-               "'; known: status, allocate, release, list, show, policy-reload, policy-show, policy-explain, "
-               "rules-show, hole-add, hole-remove, hole-list");
+               "'; known: status, allocate, release, stop, list, show, policy-reload, policy-show, policy-explain, "
+               "rules-show, hole-add, hole-remove, hole-list, authcert-submit, authcert-list, authcert-revoke, pki, "
+               "flows, who-sent, drops, top, block, unblock, blocks, audit, tunnel-up, tunnel-down, tunnel-status");
   } catch (const nlohmann::json::exception& e) {
     // A field of the wrong type inside args.
     return bad(std::string("malformed arguments: ") + e.what());
@@ -52,7 +68,15 @@ nlohmann::json Daemon::handle(const proto::Request& req, const Peer& peer) {
 
 bool Daemon::identify(const proto::Request& req, const Peer& peer, bool need_key, Caller& who, nlohmann::json& err) {
   who.admin = peer.admin;
-  if (req.key_pem) {
+  if (peer.tls_key_pem) {
+    // HTTPS API: the TLS handshake proved possession of the certificate's key.
+    auto key = certs::PublicKey::from_pem(*peer.tls_key_pem);
+    if (!key) {
+      err = proto::error_response("unauthorized", "client certificate key: " + key.error().message);
+      return false;
+    }
+    who.key = *key;
+  } else if (req.key_pem) {
     auto key = proto::verify_request(req, now_unix(), replay_);
     if (!key) {
       err = proto::error_response("unauthorized", key.error().message);
@@ -95,6 +119,12 @@ std::optional<VmRecord> Daemon::vm_for(const proto::Request& req, const Caller& 
   return **vm;
 }
 
+std::string Daemon::actor(const Caller& who, const Peer& peer) {
+  if (who.key) return "client " + who.key->fingerprint();
+  if (peer.via == "web") return "web (admin)";
+  return "uid " + std::to_string(peer.uid);
+}
+
 nlohmann::json Daemon::vm_json(const VmRecord& vm) const {
   std::int64_t now = now_unix();
   VmAddresses a = vms_->addresses_of(vm);
@@ -132,6 +162,8 @@ nlohmann::json Daemon::op_status() {
                              {"policy_version", policy_->version},
                              {"nft_table", cfg_.nft_table},
                              {"nft_repairs", enforcer_->repairs()},
+                             {"tunnel_endpoint", tunnels_->endpoint_text()},
+                             {"tunnels", tunnels_->records().size()},
                              {"simulated_guests", cfg_.simulate_guest_network},
                              {"guest_netns_prefix", cfg_.simulate_guest_network ? cfg_.guest_netns_prefix : ""}});
 }
@@ -171,7 +203,7 @@ nlohmann::json Daemon::op_allocate(const proto::Request& req, const Peer& peer) 
       normalized += (normalized.empty() ? "" : ",") + p->to_string();
     }
   }
-  auto cls = trust::classify(*policy_, trust::ClientIdentity{a.owner_fp, std::nullopt, std::nullopt});
+  auto cls = trust::classify(*policy_, trust::ClientIdentity{a.owner_fp, peer.issuer_ca_fp, peer.remote});
   if (cls.refused) {
     log::warning("allocation refused for " + a.owner_fp + ": " + cls.reason);
     return proto::error_response("forbidden",
@@ -196,6 +228,24 @@ nlohmann::json Daemon::op_allocate(const proto::Request& req, const Peer& peer) 
     return proto::error_response(code, m);
   }
   log::info(vm->name + " classified " + vm->trust_level + " by " + cls.reason);
+  // --tunnel: all or nothing; a VM whose tunnel cannot be built is released.
+  if (req.args.value("tunnel", false)) {
+    auto t = tunnels_->up(*vm, TunnelRequest{});
+    if (!t) {
+      (void)vms_->release(*vm, "its tunnel could not be built");
+      return proto::error_response("bad_request", "allocation undone: " + t.error().describe());
+    }
+    recorder_->audit(actor(who, peer), "tunnel-up", vm->name, {{"remote", t->remote}, {"key", t->key}});
+  }
+  recorder_->audit(actor(who, peer), "allocate", vm->name,
+                   {{"owner", vm->owner_fp},
+                    {"trust_level", vm->trust_level},
+                    {"rule", cls.reason},
+                    {"ipv4", vm->ipv4},
+                    {"ipv6", vm->ipv6},
+                    {"contact", vm->contact},
+                    {"title", vm->title},
+                    {"expires", format_utc(vm->expires)}});
   return proto::ok_response(vm_json(*vm));
 }
 
@@ -207,7 +257,14 @@ nlohmann::json Daemon::op_release(const proto::Request& req, const Peer& peer) {
   if (!vm) return err;
   bool by_owner = who.key && who.key->fingerprint() == vm->owner_fp;
   std::string reason = by_owner ? "released by owner" : "released by admin (uid " + std::to_string(peer.uid) + ")";
+  // "stop": the owner's Stop button (web page): admin only, audited as such.
+  bool stop = req.op == "stop";
+  if (stop && !who.admin) return proto::error_response("forbidden", "only the host owner stops VMs");
+  if (stop) reason = "stopped by the host owner" + std::string(peer.via == "web" ? " (web page)" : "");
   if (auto st = vms_->release(*vm, reason); !st) return proto::error_response("unavailable", st.error().describe());
+  recorder_->forget(vm->id);
+  recorder_->audit(actor(who, peer), stop ? "stop" : "release", vm->name,
+                   {{"owner", vm->owner_fp}, {"reason", reason}});
   return proto::ok_response({{"name", vm->name}, {"released", true}, {"reason", reason}});
 }
 
@@ -217,7 +274,9 @@ nlohmann::json Daemon::op_show(const proto::Request& req, const Peer& peer) {
   if (!identify(req, peer, false, who, err)) return err;
   auto vm = vm_for(req, who, err);
   if (!vm) return err;
-  return proto::ok_response(vm_json(*vm));
+  nlohmann::json out = vm_json(*vm);
+  if (shaper_) out["shaping"] = shaper_->status_json(vm->name);
+  return proto::ok_response(out);
 }
 
 nlohmann::json Daemon::op_list(const proto::Request& req, const Peer& peer) {
@@ -321,6 +380,7 @@ nlohmann::json Daemon::op_rules_show(const proto::Request& req, const Peer& peer
   }
   auto text = enforcer_->rules_text(name);
   if (!text) return proto::error_response("not_found", text.error().message);
+  if (shaper_) *text += "\n# tc classes (traffic shaping)\n" + shaper_->classes_text(name);
   return proto::ok_response({{"text", *text}});
 }
 
@@ -383,6 +443,9 @@ nlohmann::json Daemon::op_hole_add(const proto::Request& req, const Peer& peer) 
     (void)store_.remove_hole(h.id, now, "kernel refused: " + st.error().message);
     return proto::error_response("unavailable", st.error().describe());
   }
+  recorder_->forget(vm->id);
+  recorder_->audit(actor(who, peer), "hole-add", vm->name,
+                   {{"id", h.id}, {"to", to}, {"protocol", h.protocol}, {"expires", format_utc(h.expires)}});
   log::notice("hole " + std::to_string(h.id) + " opened by admin (uid " + std::to_string(peer.uid) + ") for " +
               vm->name + " to " + to + " until " + format_utc(h.expires));
   return proto::ok_response({{"id", h.id}, {"vm", vm->name}, {"to", to}, {"expires", format_utc(h.expires)}});
@@ -402,6 +465,8 @@ nlohmann::json Daemon::op_hole_remove(const proto::Request& req, const Peer& pee
     }
   }
   (void)store_.remove_hole(id, now_unix(), "removed by admin");
+  recorder_->forget(it->vm_id);
+  recorder_->audit("uid " + std::to_string(peer.uid), "hole-remove", it->vm_name, {{"id", id}});
   log::notice("hole " + std::to_string(id) + " of " + it->vm_name + " removed by admin");
   return proto::ok_response({{"id", id}, {"removed", true}});
 }

@@ -8,9 +8,11 @@
 
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/net.h"
 #include "common/raii/fd.h"
 #include "common/result.h"
 #include "surrogated/protocol.h"
@@ -22,6 +24,15 @@ struct Peer {
   uid_t uid = 0;
   gid_t gid = 0;
   bool admin = false;
+  // Requests that arrive over the HTTPS API (docs/api.md): the client
+  // certificate's public key, already proven by the TLS handshake, stands in
+  // for the request signature; the fingerprint of the CA that issued it and
+  // the remote address feed the trust policy's issuer_ca and source rules.
+  std::optional<std::string> tls_key_pem;
+  std::optional<std::string> issuer_ca_fp;
+  std::optional<IpAddress> remote;
+  // "" for the control socket, "api" or "web": names the actor in the audit.
+  std::string via;
 };
 
 using RequestHandler = std::function<nlohmann::json(const proto::Request&, const Peer&)>;

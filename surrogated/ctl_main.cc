@@ -11,57 +11,19 @@
 #include "certs/identity.h"
 #include "common/timeutil.h"
 #include "surrogated/ctl_client.h"
+#include "surrogated/ctl_common.h"
+#include "surrogated/ctl_tunnel_cmds.h"
 #include "trust/classify.h"
 #include "trust/explain.h"
 #include "trust/parse.h"
 #include "trust/render.h"
 
+using sg::ctl::call;
+using sg::ctl::fail;
+using sg::ctl::Globals;
+using sg::ctl::load_key;
+
 namespace {
-
-struct Globals {
-  std::string socket = "/run/surrogated/control.sock";
-  std::string key_file;
-  bool json = false;
-};
-
-int fail(const std::string& message, int code = 1) {
-  std::cerr << "surrogatectl: " << message << "\n";
-  return code;
-}
-
-// Loads the client's key when --key (or SURROGATE_KEY) names one.
-std::optional<sg::certs::KeyPair> load_key(const Globals& g, bool required, int& rc) {
-  rc = 0;
-  if (g.key_file.empty()) {
-    if (required) {
-      rc = fail("this command needs your key: pass --key FILE (create one with 'surrogatectl keygen FILE')", 2);
-    }
-    return std::nullopt;
-  }
-  auto k = sg::certs::KeyPair::load_pem_file(g.key_file);
-  if (!k) {
-    rc = fail(k.error().describe(), 2);
-    return std::nullopt;
-  }
-  return std::move(*k);
-}
-
-// Calls the daemon; prints the error and returns nullopt on failure.
-std::optional<nlohmann::json> call(const Globals& g, const std::string& op, const nlohmann::json& args,
-                                   const sg::certs::KeyPair* key, int& rc) {
-  auto resp = sg::call_daemon(g.socket, op, args, key);
-  if (!resp) {
-    rc = fail(resp.error().describe(), 3);
-    return std::nullopt;
-  }
-  if (!(*resp).value("ok", false)) {
-    std::string code = (*resp).value("code", "error");
-    rc = fail((*resp).value("error", "unknown error") + " [" + code + "]", code == "not_found" ? 4 : 1);
-    return std::nullopt;
-  }
-  rc = 0;
-  return (*resp)["result"];
-}
 
 std::string short_fp(const std::string& fp) { return fp.substr(0, 19); }
 
@@ -85,6 +47,33 @@ void print_vm(const nlohmann::json& v) {
   line("Contact", v.value("contact", ""));
   line("Title", v.value("title", ""));
   line("Libvirt", v.value("domain", ""));
+  // Traffic shaping (docs/shaping.md): caps, what flows now, the daily quota.
+  if (const auto sh = v.value("shaping", nlohmann::json::object()); sh.value("shaped", false)) {
+    auto rate = [](const nlohmann::json& j, const char* k) {
+      return sg::trust::format_bit_rate(j.value(k, std::uint64_t{0}));
+    };
+    const auto cls = sh.value("classes", nlohmann::json::object());
+    std::string caps = rate(sh, "cap_bps") + " (client " +
+                       rate(cls.value("client", nlohmann::json::object()), "ceil_bps") + ", nodes " +
+                       rate(cls.value("nodes", nlohmann::json::object()), "ceil_bps") + ", other " +
+                       rate(cls.value("other", nlohmann::json::object()), "ceil_bps") + ")";
+    if (sh.value("ceiling_bps", std::uint64_t{0}) > 0) caps += "; all VMs " + rate(sh, "ceiling_bps");
+    line("Cap", caps);
+    for (const auto& [label, key] :
+         {std::pair{"Rate out", "egress_rate_bps"}, std::pair{"Rate in", "ingress_rate_bps"}}) {
+      const auto r = sh.value(key, nlohmann::json::object());
+      line(label, rate(r, "total") + " (client " + rate(r, "client") + ", nodes " + rate(r, "nodes") + ", other " +
+                      rate(r, "other") + ")");
+    }
+    if (const auto limit = sh.value("quota_limit_bytes", std::uint64_t{0}); limit > 0) {
+      line("Quota today",
+           sg::trust::format_byte_size(sh.value("quota_used_bytes", std::uint64_t{0})) + " of " +
+               sg::trust::format_byte_size(limit) +
+               (sh.value("quota_exhausted", false) ? "  (used up: only its client until midnight UTC)" : ""));
+    }
+    line("Throttled",
+         sh.value("throttled", false) ? "yes, to " + rate(sh, "throttle_bps") + " until midnight UTC" : "no");
+  }
 }
 
 struct ExplainArgs {
@@ -212,6 +201,13 @@ int main(int argc, char** argv) {
   app.add_option("--socket", g.socket, "control socket of surrogated (env SURROGATED_SOCKET)");
   app.add_option("-k,--key", g.key_file, "your private key file (env SURROGATE_KEY)");
   app.add_flag("--json", g.json, "print JSON for scripts");
+  if (const char* r = std::getenv("SURROGATE_REMOTE")) g.remote = r;
+  if (const char* c = std::getenv("SURROGATE_CERT")) g.cert_file = c;
+  if (const char* c = std::getenv("SURROGATE_CACERT")) g.cacert_file = c;
+  app.add_option("--remote", g.remote,
+                 "use the host's HTTPS API at this URL, e.g. https://host:8443 (env SURROGATE_REMOTE)");
+  app.add_option("--cert", g.cert_file, "with --remote: your client certificate for --key (env SURROGATE_CERT)");
+  app.add_option("--cacert", g.cacert_file, "with --remote: the CA of the API's certificate (env SURROGATE_CACERT)");
 
   std::string keygen_file, keygen_type = "ed25519";
   auto* keygen = app.add_subcommand("keygen", "create a client key pair (FILE and FILE.pub)");
@@ -229,6 +225,9 @@ int main(int argc, char** argv) {
   std::string client_addr;
   allocate->add_option("--client", client_addr,
                        "your machine's address(es), comma separated: always reachable from the VM");
+  bool with_tunnel = false;
+  allocate->add_flag("--tunnel", with_tunnel,
+                     "a GRE tunnel to your --client address carries what the VM may not reach otherwise");
 
   std::string vm_name;
   auto* release = app.add_subcommand("release", "release a VM (yours, or any as admin)");
@@ -278,6 +277,9 @@ int main(int argc, char** argv) {
   auto* h_list = hole->add_subcommand("list", "open holes (of one VM, or all as admin)");
   h_list->add_option("vm", vm_name, "VM name");
 
+  sg::ctl::LogCommands* log_cmds = sg::ctl::add_log_commands(app);
+  sg::ctl::TunnelCommands* tunnel_cmds = sg::ctl::add_tunnel_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -285,6 +287,8 @@ int main(int argc, char** argv) {
   }
 
   int rc = 0;
+  if (auto r = sg::ctl::run_log_commands(log_cmds, g)) return *r;
+  if (auto r = sg::ctl::run_tunnel_commands(tunnel_cmds, g)) return *r;
   if (keygen->parsed()) {
     auto kp =
         sg::certs::KeyPair::generate(keygen_type == "p256" ? sg::certs::KeyType::p256 : sg::certs::KeyType::ed25519);
@@ -320,6 +324,7 @@ int main(int argc, char** argv) {
     if (!contact.empty()) args["contact"] = contact;
     if (!title.empty()) args["title"] = title;
     if (!client_addr.empty()) args["client"] = client_addr;
+    if (with_tunnel) args["tunnel"] = true;
     auto r = call(g, "allocate", args, &*key, rc);
     if (!r) return rc;
     if (g.json) {
@@ -418,6 +423,10 @@ int main(int argc, char** argv) {
                 << ", libvirt " << r->value("libvirt", "") << "\n"
                 << r->value("vms", 0) << " VMs running, " << r->value("slots_free", 0) << " of " << r->value("slots", 0)
                 << " slots free\n";
+      if (r->contains("tunnel_endpoint")) {
+        std::cout << "tunnel endpoint: " << r->value("tunnel_endpoint", "") << ", " << r->value("tunnels", 0)
+                  << " tunnels up\n";
+      }
     }
     return 0;
   }

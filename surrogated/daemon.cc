@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/raii/fd.h"
 #include "common/timeutil.h"
+#include "surrogated/libvirt_events.h"
 #include "surrogated/libvirt_hypervisor.h"
 #include "surrogated/version.h"
 #include "trust/classify.h"
@@ -35,7 +36,9 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   auto hv = LibvirtHypervisor::connect(cfg.libvirt_uri);
   if (!hv) return hv.error();
   std::unique_ptr<Daemon> d(new Daemon(std::move(cfg), std::move(*store), std::move(*hv)));
-  d->policy_ = std::make_shared<const trust::Policy>(std::move(*policy));
+  auto effective = d->with_blocks(*policy);
+  if (!effective) return effective.error();
+  d->policy_ = std::move(*effective);
 
   // Rules first: the whole table, with the catch-all drop for VM interfaces
   // and every VM the state store knows, in one transaction, before any guest
@@ -43,6 +46,17 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   netpolicy::CompileOptions nft;
   nft.table = d->cfg_.nft_table;
   nft.log_group = static_cast<std::uint16_t>(d->cfg_.nflog_group);
+  nft.shaping = d->cfg_.shaping_enabled;
+  nft.tc_major = static_cast<std::uint32_t>(d->cfg_.shaping_tc_major);
+  // Tunnels before the enforcer: every compile includes the recorded
+  // tunnels' chains, and on release a tunnel goes before the VM's chains.
+  nft.tunnel_of = [raw = d.get()](const std::string& vm) -> std::optional<netpolicy::TunnelNet> {
+    return raw->tunnels_ ? raw->tunnels_->tunnel_of(vm) : std::nullopt;
+  };
+  auto tunnels = Tunnels::open(d->store_, d->vms_->pool(), nft, [raw = d.get()] { return raw->policy_; });
+  if (!tunnels) return with_context("GRE tunnels", tunnels.error());
+  d->tunnels_ = std::move(*tunnels);
+  d->vms_->add_observer(d->tunnels_.get());
   auto enforcer = Enforcer::open(d->store_, d->vms_->pool(), nft);
   if (!enforcer) return enforcer.error();
   d->enforcer_ = std::move(*enforcer);
@@ -50,12 +64,44 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
     return with_context("cannot install the nftables ruleset (nothing was changed)", st.error());
   }
   d->vms_->add_observer(d->enforcer_.get());
+  d->tunnels_->restore();
   d->sources_.push_back(d->enforcer_.get());
+
+  // Real guests stop by themselves (power off, crash): libvirt's events
+  // release them. test:// domains never do, so they need no listener.
+  if (hypervisor_type_for_uri(d->cfg_.libvirt_uri) != "test") {
+    auto events = LibvirtEvents::open(d->cfg_.libvirt_uri, d->store_, *d->vms_);
+    if (!events) return events.error();
+    d->libvirt_events_ = std::move(*events);
+    d->sources_.push_back(d->libvirt_events_.get());
+  }
+
+  auto authcerts = AuthcertService::open(d->cfg_, d->store_, *d->enforcer_);
+  if (!authcerts) return authcerts.error();
+  d->authcerts_ = std::move(*authcerts);
+  d->vms_->add_observer(d->authcerts_.get());
+  d->sources_.push_back(d->authcerts_.get());
+
+  auto recorder = FlowRecorder::open(d->cfg_, d->store_);
+  if (!recorder) return recorder.error();
+  d->recorder_ = std::move(*recorder);
+  d->sources_.push_back(d->recorder_->conntrack_source());
+  d->sources_.push_back(d->recorder_->nflog_source());
 
   if (d->cfg_.simulate_guest_network) {
     d->simulator_ = std::make_unique<GuestNetworkSimulator>(d->cfg_.guest_netns_prefix);
     d->vms_->add_observer(d->simulator_.get());
     if (auto st = d->reregister_simulated_guests(); !st) return st.error();
+  }
+  // Shaping after the simulator: started() finds the (simulated) tap there.
+  if (d->cfg_.shaping_enabled) {
+    Shaper::Options so{d->cfg_.shaping_egress_devices, nft.iface_prefix, nft.tc_major, nft.table};
+    auto shaper = Shaper::open(d->store_, std::move(so), [raw = d.get()] { return raw->policy_; });
+    if (!shaper) return shaper.error();
+    d->shaper_ = std::move(*shaper);
+    if (auto st = d->shaper_->install_all(); !st) return with_context("cannot set up traffic shaping", st.error());
+    d->vms_->add_observer(d->shaper_.get());
+    d->sources_.push_back(d->shaper_.get());
   }
   log::info("trust policy " + d->cfg_.trust_policy + " loaded (version " + d->policy_->version.substr(0, 19) + ")");
   return d;
@@ -91,13 +137,25 @@ Status Daemon::reregister_simulated_guests() {
   return {};
 }
 
+Result<std::shared_ptr<const trust::Policy>> Daemon::with_blocks(const trust::Policy& file_policy) {
+  auto blocks = store_.blocks();
+  if (!blocks) return blocks.error();
+  auto p = std::make_shared<trust::Policy>(file_policy);
+  for (const auto& [prefix, reason] : *blocks) {
+    if (auto pr = Prefix::parse(prefix)) p->guardrails.block.push_back(*pr);
+  }
+  return std::shared_ptr<const trust::Policy>(std::move(p));
+}
+
 Status Daemon::reload_policy(const std::string& why) {
   auto loaded = trust::load_policy_file(cfg_.trust_policy);
   if (!loaded) {
     log::error("policy reload (" + why + ") refused; the running policy stays in force:\n" + loaded.error().message);
     return make_error("the new policy has errors; the running policy stays in force:\n" + loaded.error().message);
   }
-  auto policy = std::make_shared<const trust::Policy>(std::move(*loaded));
+  auto effective = with_blocks(*loaded);
+  if (!effective) return effective.error();
+  auto policy = std::move(*effective);
   auto vms = store_.active();
   if (!vms) return vms.error();
   // Re-classify every running VM under the new policy, then install the
@@ -124,6 +182,8 @@ Status Daemon::reload_policy(const std::string& why) {
   }
   policy_ = policy;
   for (const auto& c : changes) log::notice("policy reload: " + c);
+  recorder_->audit("daemon", "policy-reload", cfg_.trust_policy,
+                   {{"version", policy_->version}, {"why", why}, {"changes", changes}});
   log::notice("policy reload (" + why + "): version " + policy_->version.substr(0, 19) + " in force for " +
               std::to_string(vms->size()) + " VMs, " + std::to_string(changes.size()) + " changed trust level");
   return {};
@@ -156,6 +216,13 @@ int Daemon::run() {
   auto server = ControlServer::listen(cfg_.socket_path, cfg_.admin_group);
   if (!server) {
     log::error(server.error().describe());
+    return 1;
+  }
+  // The HTTPS API and the web page (their threads only post jobs to the
+  // loop), then READY=1 to systemd.
+  if (auto st = start_remote(); !st) {
+    log::error(st.error().describe());
+    stop_remote();
     return 1;
   }
   log::notice("surrogated " + std::string(kVersion) + " ready on " + cfg_.socket_path + " (libvirt " + hv_->describe() +
@@ -193,11 +260,13 @@ int Daemon::run() {
     if (std::int64_t now = now_unix(); now != last_tick_) {
       last_tick_ = now;
       for (auto* src : sources_) src->on_tick();
+      remote_tick();
     }
     server->on_ready(fds, handler);
     server->expire_idle();
     for (const auto& name : vms_->expire(now_unix())) log::notice(name + " expired");
   }
+  stop_remote();
   ::unlink(cfg_.socket_path.c_str());
   // VMs keep running, and filtered, across a daemon stop: the table stays in
   // the kernel and the next start adopts them.

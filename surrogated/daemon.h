@@ -7,15 +7,25 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "surrogated/api_server.h"
+#include "surrogated/authcerts.h"
 #include "surrogated/config.h"
 #include "surrogated/control_server.h"
 #include "surrogated/enforcer.h"
 #include "surrogated/event_source.h"
+#include "surrogated/flow_recorder.h"
 #include "surrogated/guest_sim.h"
 #include "surrogated/hypervisor.h"
+#include "surrogated/libvirt_events.h"
+#include "surrogated/loop_bridge.h"
+#include "surrogated/metrics.h"
 #include "surrogated/protocol.h"
+#include "surrogated/sd_notify.h"
+#include "surrogated/shaper.h"
 #include "surrogated/state_store.h"
+#include "surrogated/tunnels.h"
 #include "surrogated/vm_manager.h"
+#include "surrogated/web_ui.h"
 #include "trust/policy.h"
 
 namespace sg {
@@ -63,6 +73,40 @@ class Daemon {
   nlohmann::json op_hole_add(const proto::Request& req, const Peer& peer);
   nlohmann::json op_hole_remove(const proto::Request& req, const Peer& peer);
   nlohmann::json op_hole_list(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_authcert_submit(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_authcert_list(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_authcert_revoke(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_pki(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_flows(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_who_sent(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_drops(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_top(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_block(const proto::Request& req, const Peer& peer, bool block);
+  nlohmann::json op_blocks(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_audit(const proto::Request& req, const Peer& peer);
+  // GRE tunnels to the client (control_ops_tunnel.cc).
+  nlohmann::json op_tunnel_up(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_tunnel_down(const proto::Request& req, const Peer& peer);
+  nlohmann::json op_tunnel_status(const proto::Request& req, const Peer& peer);
+  nlohmann::json tunnel_json(const TunnelRecord& t, const VmRecord& vm) const;
+
+  // The policy file's policy plus the owner's runtime block list.
+  Result<std::shared_ptr<const trust::Policy>> with_blocks(const trust::Policy& file_policy);
+  // "uid 0", or "client sha256:..." for signed requests.
+  static std::string actor(const Caller& who, const Peer& peer);
+
+  // The HTTPS API, the owner's web page, /metrics and sd_notify
+  // (daemon_remote.cc). The servers' threads reach the daemon only through
+  // bridge_, whose jobs run on the event loop.
+  Status start_remote();
+  void stop_remote();
+  void remote_tick();
+  // An API request on the loop: the API's limits, then handle().
+  nlohmann::json api_request(const proto::Request& req, const Peer& peer);
+  // Everything the web page shows, for one page load.
+  nlohmann::json web_overview(const WebQuery& q);
+  nlohmann::json web_action(const WebAction& a);
+  std::string metrics_text();
 
   DaemonConfig cfg_;
   StateStore store_;
@@ -70,12 +114,23 @@ class Daemon {
   std::unique_ptr<VmManager> vms_;
   std::shared_ptr<const trust::Policy> policy_;
   std::unique_ptr<Enforcer> enforcer_;
+  // Life-cycle events of real guests (null with test://).
+  std::unique_ptr<LibvirtEvents> libvirt_events_;
+  std::unique_ptr<AuthcertService> authcerts_;
+  std::unique_ptr<FlowRecorder> recorder_;
   std::unique_ptr<GuestNetworkSimulator> simulator_;  // test:// driver only
+  std::unique_ptr<Shaper> shaper_;                    // null when [shaping] enabled = false
+  std::unique_ptr<Tunnels> tunnels_;                  // GRE tunnels to clients (docs/tunnel.md)
   // Polled by the event loop, in this order.
   std::vector<EventSource*> sources_;
   std::int64_t last_tick_ = 0;
   proto::ReplayGuard replay_;
   std::int64_t started_at_ = 0;
+  DaemonMetrics metrics_;
+  std::unique_ptr<LoopBridge> bridge_;
+  std::unique_ptr<ApiServer> api_;
+  std::unique_ptr<WebUi> web_;
+  std::optional<sd::Watchdog> watchdog_;
 };
 
 }  // namespace sg

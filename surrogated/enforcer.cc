@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 
+#include <chrono>
 #include <sstream>
 
 #include "common/log.h"
@@ -17,6 +18,13 @@ Result<std::unique_ptr<Enforcer>> Enforcer::open(StateStore& store, const Addres
   if (!monitor) return with_context("nftables monitor", monitor.error());
   return std::unique_ptr<Enforcer>(
       new Enforcer(store, pool, std::move(options), std::move(*backend), std::move(*monitor)));
+}
+
+Status Enforcer::apply(const netpolicy::Plan& plan) {
+  auto start = std::chrono::steady_clock::now();
+  Status st = backend_.apply(plan);
+  apply_latency_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return st;
 }
 
 netpolicy::VmNet Enforcer::vm_net(const VmRecord& vm, const VmAddresses& addr) {
@@ -75,7 +83,7 @@ Status Enforcer::install_all(std::shared_ptr<const trust::Policy> policy) {
   }
   netpolicy::Compiler compiler(*policy, opt_);
   auto rs = compiler.compile(list, holes_of(0), now_unix());
-  if (auto st = backend_.apply(netpolicy::plan_replace(rs)); !st) return st;
+  if (auto st = apply(netpolicy::plan_replace(rs)); !st) return st;
   policy_ = std::move(policy);
   installed_ = std::move(nets);
   log::info("nftables: installed table '" + opt_.table + "' for " + std::to_string(installed_.size()) +
@@ -88,7 +96,7 @@ Status Enforcer::prepare(const VmRecord& vm, const VmAddresses& addr) {
   auto it = installed_.find(vm.name);
   if (it != installed_.end()) return {};  // installed by install_all (adopted VM)
   netpolicy::Compiler compiler(*policy_, opt_);
-  if (auto st = backend_.apply(compiler.plan_add_vm(net, holes_of(vm.id), now_unix())); !st) return st;
+  if (auto st = apply(compiler.plan_add_vm(net, holes_of(vm.id), now_unix())); !st) return st;
   installed_[vm.name] = net;
   return {};
 }
@@ -97,7 +105,7 @@ void Enforcer::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
   auto it = installed_.find(vm.name);
   if (it == installed_.end()) return;
   netpolicy::Compiler compiler(*policy_, opt_);
-  if (auto st = backend_.apply(compiler.plan_remove_vm(it->second)); !st) {
+  if (auto st = apply(compiler.plan_remove_vm(it->second)); !st) {
     // The VM is gone, its tap too; whatever is left is unreachable, and the
     // next full install cleans it. Say so rather than fail the release.
     log::error("nftables: could not remove rules of " + vm.name + ": " + st.error().describe());
@@ -110,7 +118,20 @@ Status Enforcer::add_hole(const VmRecord& vm, const HoleRecord& hole) {
   auto h = hole_of(hole);
   if (it == installed_.end() || !h) return make_error("VM " + vm.name + " has no rules installed");
   netpolicy::Compiler compiler(*policy_, opt_);
-  return backend_.apply(compiler.plan_add_hole(it->second, *h, now_unix()));
+  return apply(compiler.plan_add_hole(it->second, *h, now_unix()));
+}
+
+Status Enforcer::add_holes(const VmRecord& vm, const std::vector<HoleRecord>& holes) {
+  auto it = installed_.find(vm.name);
+  if (it == installed_.end()) return make_error("VM " + vm.name + " has no rules installed");
+  netpolicy::Compiler compiler(*policy_, opt_);
+  netpolicy::Plan plan;
+  for (const auto& hole : holes) {
+    auto h = hole_of(hole);
+    if (!h) return make_error("hole destination '" + hole.destination + "' is not a prefix");
+    plan.append(compiler.plan_add_hole(it->second, *h, now_unix()));
+  }
+  return apply(plan);
 }
 
 Status Enforcer::remove_hole(const VmRecord& vm, const HoleRecord& hole) {
@@ -118,12 +139,12 @@ Status Enforcer::remove_hole(const VmRecord& vm, const HoleRecord& hole) {
   auto h = hole_of(hole);
   if (it == installed_.end() || !h) return {};
   netpolicy::Compiler compiler(*policy_, opt_);
-  return backend_.apply(compiler.plan_remove_hole(it->second, *h, now_unix()));
+  return apply(compiler.plan_remove_hole(it->second, *h, now_unix()));
 }
 
 Status Enforcer::update_block_list(std::shared_ptr<const trust::Policy> policy) {
   netpolicy::Compiler compiler(*policy, opt_);
-  if (auto st = backend_.apply(compiler.plan_update_block_list()); !st) return st;
+  if (auto st = apply(compiler.plan_update_block_list()); !st) return st;
   policy_ = std::move(policy);
   return {};
 }

@@ -17,6 +17,7 @@
 #include "netpolicy/nft_monitor.h"
 #include "surrogated/address_pool.h"
 #include "surrogated/event_source.h"
+#include "surrogated/metrics.h"
 #include "surrogated/state_store.h"
 #include "surrogated/vm_manager.h"
 #include "trust/policy.h"
@@ -37,6 +38,8 @@ class Enforcer final : public VmObserver, public EventSource {
   void released(const VmRecord& vm, const VmAddresses& addr) override;
 
   Status add_hole(const VmRecord& vm, const HoleRecord& hole);
+  // Several holes of one VM in one transaction (an authcert's protocols and ports).
+  Status add_holes(const VmRecord& vm, const std::vector<HoleRecord>& holes);
   Status remove_hole(const VmRecord& vm, const HoleRecord& hole);
   Status update_block_list(std::shared_ptr<const trust::Policy> policy);
 
@@ -47,6 +50,8 @@ class Enforcer final : public VmObserver, public EventSource {
   // Reads nftables events; reinstalls at once when our tables were touched.
   void on_event_ready() override;
   [[nodiscard]] std::uint64_t repairs() const { return repairs_; }
+  // How long each netlink transaction took to apply (for /metrics).
+  [[nodiscard]] const LatencyHistogram& apply_latency() const { return apply_latency_; }
 
   [[nodiscard]] static netpolicy::VmNet vm_net(const VmRecord& vm, const VmAddresses& addr);
   [[nodiscard]] static std::optional<netpolicy::Hole> hole_of(const HoleRecord& h);
@@ -69,6 +74,9 @@ class Enforcer final : public VmObserver, public EventSource {
   std::shared_ptr<const trust::Policy> policy_;
   std::map<std::string, netpolicy::VmNet> installed_;
   std::uint64_t repairs_ = 0;
+  LatencyHistogram apply_latency_;
+  // backend_.apply(), timed into apply_latency_.
+  Status apply(const netpolicy::Plan& plan);
 };
 
 }  // namespace sg

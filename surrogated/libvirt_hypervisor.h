@@ -1,5 +1,6 @@
 // Hypervisor backed by the libvirt C API. Reconnects when the connection
-// drops (libvirtd restarted) on the next call.
+// drops (libvirtd restarted): before a call when the connection is known to
+// be dead, or once after a call that failed because it just died.
 #pragma once
 
 #include <string>
@@ -21,6 +22,8 @@ class LibvirtHypervisor final : public Hypervisor {
  private:
   explicit LibvirtHypervisor(std::string uri) : uri_(std::move(uri)) {}
   Status ensure_connected();
+  // Success only when the connection was dead and is open again.
+  Status reconnect_if_dead();
   std::string uri_;
   virt::Connect conn_;
 };

@@ -100,6 +100,14 @@ Result<StateStore> StateStore::open(const std::string& path) {
       "  authcert_id TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL,"
       "  removed INTEGER NOT NULL DEFAULT 0, removed_reason TEXT NOT NULL DEFAULT '');"
       "CREATE INDEX IF NOT EXISTS holes_vm ON holes(vm_id);"
+      "CREATE INDEX IF NOT EXISTS holes_authcert ON holes(authcert_id);"
+      "CREATE TABLE IF NOT EXISTS revoked_authcerts (id TEXT PRIMARY KEY, revoked INTEGER NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS vm_certs (serial TEXT PRIMARY KEY, vm_id INTEGER NOT NULL, not_after INTEGER NOT "
+      "NULL);"
+      "CREATE TABLE IF NOT EXISTS blocks (prefix TEXT PRIMARY KEY, reason TEXT NOT NULL, created INTEGER NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS tunnels (vm_id INTEGER PRIMARY KEY, vm_name TEXT NOT NULL, remote TEXT NOT NULL,"
+      "  local TEXT NOT NULL, gre_key INTEGER NOT NULL, device TEXT NOT NULL, mtu INTEGER NOT NULL,"
+      "  created INTEGER NOT NULL);"
       "CREATE INDEX IF NOT EXISTS vms_state ON vms(state);"
       "CREATE UNIQUE INDEX IF NOT EXISTS vms_active_slot ON vms(slot) WHERE state != 'released';";
   if (auto st = store.exec(schema); !st) return with_context("initialising state store " + path, st.error());
@@ -194,11 +202,11 @@ Status StateStore::remove_hole(std::int64_t id, std::int64_t when, const std::st
   return {};
 }
 
-Result<std::vector<HoleRecord>> StateStore::open_holes(std::int64_t now, std::int64_t vm_id) const {
-  Statement s(db_.get(),
-              "SELECT id, vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, "
-              "authcert_id, created FROM holes WHERE removed=0 AND expires>? AND (?=0 OR vm_id=?) ORDER BY id");
-  s.bind(1, now).bind(2, vm_id).bind(3, vm_id);
+namespace {
+constexpr const char* kHoleColumns =
+    "id, vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, authcert_id, created";
+
+Result<std::vector<HoleRecord>> read_holes(Statement& s) {
   std::vector<HoleRecord> out;
   int rc = 0;
   while ((rc = s.step()) == SQLITE_ROW) {
@@ -216,7 +224,122 @@ Result<std::vector<HoleRecord>> StateStore::open_holes(std::int64_t now, std::in
     h.created = s.integer(10);
     out.push_back(std::move(h));
   }
-  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading holes");
+  if (rc != SQLITE_DONE) return db_error(s.db(), "reading holes");
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<HoleRecord>> StateStore::holes_of_authcert(const std::string& authcert_id) const {
+  std::string sql = std::string("SELECT ") + kHoleColumns + " FROM holes WHERE authcert_id=? ORDER BY id DESC";
+  Statement s(db_.get(), sql.c_str());
+  s.bind(1, authcert_id);
+  return read_holes(s);
+}
+
+Result<bool> StateStore::authcert_revoked(const std::string& authcert_id) const {
+  Statement s(db_.get(), "SELECT 1 FROM revoked_authcerts WHERE id=?");
+  s.bind(1, authcert_id);
+  return s.step() == SQLITE_ROW;
+}
+
+Status StateStore::mark_authcert_revoked(const std::string& authcert_id, std::int64_t when) {
+  Statement s(db_.get(), "INSERT OR IGNORE INTO revoked_authcerts(id, revoked) VALUES (?, ?)");
+  s.bind(1, authcert_id).bind(2, when);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording authcert revocation");
+  return {};
+}
+
+Result<std::optional<VmRecord>> StateStore::find_by_id(std::int64_t id) const {
+  auto r = query_vms("id = ?1", std::to_string(id));
+  if (!r) return r.error();
+  if (r->empty()) return std::optional<VmRecord>();
+  return std::optional<VmRecord>(r->front());
+}
+
+Status StateStore::record_vm_cert(std::int64_t vm_id, const std::string& serial, std::int64_t not_after) {
+  Statement s(db_.get(), "INSERT OR REPLACE INTO vm_certs(serial, vm_id, not_after) VALUES (?, ?, ?)");
+  s.bind(1, serial).bind(2, vm_id).bind(3, not_after);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording VM certificate");
+  return {};
+}
+
+Result<std::vector<std::string>> StateStore::vm_cert_serials(std::int64_t vm_id) const {
+  Statement s(db_.get(), "SELECT serial FROM vm_certs WHERE vm_id=?");
+  s.bind(1, vm_id);
+  std::vector<std::string> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) out.push_back(s.text(0));
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading VM certificates");
+  return out;
+}
+
+Status StateStore::add_block(const std::string& prefix, const std::string& reason, std::int64_t when) {
+  Statement s(db_.get(), "INSERT OR REPLACE INTO blocks(prefix, reason, created) VALUES (?, ?, ?)");
+  s.bind(1, prefix).bind(2, reason).bind(3, when);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording block");
+  return {};
+}
+
+Result<bool> StateStore::remove_block(const std::string& prefix, std::int64_t /*when*/) {
+  Statement s(db_.get(), "DELETE FROM blocks WHERE prefix=?");
+  s.bind(1, prefix);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "removing block");
+  return sqlite3_changes(db_.get()) > 0;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> StateStore::blocks() const {
+  Statement s(db_.get(), "SELECT prefix, reason FROM blocks ORDER BY created");
+  std::vector<std::pair<std::string, std::string>> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) out.emplace_back(s.text(0), s.text(1));
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading blocks");
+  return out;
+}
+
+Result<std::vector<HoleRecord>> StateStore::open_holes(std::int64_t now, std::int64_t vm_id) const {
+  std::string sql = std::string("SELECT ") + kHoleColumns +
+                    " FROM holes WHERE removed=0 AND expires>? AND (?=0 OR vm_id=?) ORDER BY id";
+  Statement s(db_.get(), sql.c_str());
+  s.bind(1, now).bind(2, vm_id).bind(3, vm_id);
+  return read_holes(s);
+}
+
+Status StateStore::insert_tunnel(const TunnelRecord& t) {
+  Statement s(db_.get(),
+              "INSERT INTO tunnels(vm_id, vm_name, remote, local, gre_key, device, mtu, created) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+  s.bind(1, t.vm_id).bind(2, t.vm_name).bind(3, t.remote).bind(4, t.local).bind(5, t.key).bind(6, t.device);
+  s.bind(7, std::int64_t{t.mtu}).bind(8, t.created);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording the tunnel of " + t.vm_name);
+  return {};
+}
+
+Status StateStore::remove_tunnel(std::int64_t vm_id) {
+  Statement s(db_.get(), "DELETE FROM tunnels WHERE vm_id=?");
+  s.bind(1, vm_id);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "removing a tunnel");
+  return {};
+}
+
+Result<std::vector<TunnelRecord>> StateStore::tunnels() const {
+  Statement s(db_.get(),
+              "SELECT vm_id, vm_name, remote, local, gre_key, device, mtu, created FROM tunnels ORDER BY vm_id");
+  std::vector<TunnelRecord> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) {
+    TunnelRecord t;
+    t.vm_id = s.integer(0);
+    t.vm_name = s.text(1);
+    t.remote = s.text(2);
+    t.local = s.text(3);
+    t.key = s.integer(4);
+    t.device = s.text(5);
+    t.mtu = static_cast<int>(s.integer(6));
+    t.created = s.integer(7);
+    out.push_back(std::move(t));
+  }
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading tunnels");
   return out;
 }
 

@@ -53,6 +53,19 @@ struct HoleRecord {
   std::int64_t created = 0;
 };
 
+// A VM's GRE tunnel to its client (docs/tunnel.md). One per VM; the row
+// exists exactly while the tunnel should: a restart rebuilds every row.
+struct TunnelRecord {
+  std::int64_t vm_id = 0;
+  std::string vm_name;
+  std::string remote;     // the client's registered address (outer destination)
+  std::string local;      // the host's outer address
+  std::int64_t key = -1;  // GRE key; -1: none
+  std::string device;     // "sgt3"
+  int mtu = 0;            // inner MTU
+  std::int64_t created = 0;
+};
+
 class StateStore {
  public:
   static Result<StateStore> open(const std::string& path);
@@ -69,7 +82,29 @@ class StateStore {
   Status remove_hole(std::int64_t id, std::int64_t when, const std::string& reason);
   // Holes still open (not removed, not expired at `now`), optionally of one VM.
   Result<std::vector<HoleRecord>> open_holes(std::int64_t now, std::int64_t vm_id = 0) const;
+  // Every hole an authcert ever opened, open or not, newest first.
+  Result<std::vector<HoleRecord>> holes_of_authcert(const std::string& authcert_id) const;
+  // True when an authcert with this id was revoked: it may never be used again.
+  Result<bool> authcert_revoked(const std::string& authcert_id) const;
+  Status mark_authcert_revoked(const std::string& authcert_id, std::int64_t when);
+
+  // Any VM by id, released or not (the flow log names VMs long gone).
+  Result<std::optional<VmRecord>> find_by_id(std::int64_t id) const;
+
+  // Node certificates the host CA issued to a VM (revoked on release).
+  Status record_vm_cert(std::int64_t vm_id, const std::string& serial, std::int64_t not_after);
+  Result<std::vector<std::string>> vm_cert_serials(std::int64_t vm_id) const;
+
+  // The owner's block list from abuse complaints, on top of the policy file's.
+  Status add_block(const std::string& prefix, const std::string& reason, std::int64_t when);
+  Result<bool> remove_block(const std::string& prefix, std::int64_t when);
+  Result<std::vector<std::pair<std::string, std::string>>> blocks() const;  // prefix, reason
   Result<std::optional<VmRecord>> find_active(const std::string& name) const;
+
+  // Tunnels: insert fails when the VM has one already.
+  Status insert_tunnel(const TunnelRecord& t);
+  Status remove_tunnel(std::int64_t vm_id);
+  Result<std::vector<TunnelRecord>> tunnels() const;
   Result<std::set<int>> slots_in_use() const;
   Result<std::map<int, std::int64_t>> slot_release_times() const;
 

@@ -7,6 +7,16 @@
 
 namespace sg {
 
+std::map<std::string, std::string> cmdline_values(const VmRecord& vm, const VmAddresses& addr) {
+  auto text = [](const std::optional<IpAddress>& a) { return a ? a->to_string() : std::string(); };
+  return {{"vm", vm.name},
+          {"ipv4", text(addr.v4_guest)},
+          {"gateway4", text(addr.v4_gateway)},
+          {"ipv6", text(addr.v6_guest)},
+          {"gateway6", text(addr.v6_gateway)},
+          {"mac", addr.mac}};
+}
+
 VmManager::VmManager(const DaemonConfig& cfg, StateStore& store, Hypervisor& hv)
     : cfg_(cfg), store_(store), hv_(hv), pool_(cfg.pool_v4, cfg.pool_v6, cfg.max_vms) {}
 
@@ -66,6 +76,10 @@ Result<VmRecord> VmManager::allocate(const AllocateRequest& req, const Classific
     if (auto st = o->prepare(vm, addr); !st) return abort(with_context("preparing " + vm.name, st.error()));
   }
   DomainSpec spec{vm.domain, vm.name, vm.id, vm.owner_fp, tpl, addr};
+  // The guest learns its own addresses from its kernel command line.
+  auto cmdline = expand_cmdline(tpl.cmdline, cmdline_values(vm, addr));
+  if (!cmdline) return abort(with_context("template '" + tpl_name + "'", cmdline.error()));
+  spec.tpl.cmdline = *cmdline;
   if (auto st = hv_.start(spec); !st) return abort(st.error());
   for (auto* o : observers_) {
     if (auto st = o->started(vm, addr); !st) {

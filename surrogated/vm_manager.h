@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,9 @@ struct ReconcileReport {
   std::vector<std::string> released;  // recorded but the domain vanished
   std::vector<std::string> unknown;   // domains we do not know: reported, untouched
 };
+
+// The per-VM values a template's cmdline may name (cmdline_placeholders()).
+std::map<std::string, std::string> cmdline_values(const VmRecord& vm, const VmAddresses& addr);
 
 class VmManager {
  public:

@@ -2,9 +2,12 @@
 #pragma once
 
 #include <netlink/addr.h>
+#include <netlink/cache.h>
 #include <netlink/netlink.h>
 #include <netlink/route/addr.h>
+#include <netlink/route/class.h>
 #include <netlink/route/link.h>
+#include <netlink/route/qdisc.h>
 #include <netlink/route/route.h>
 #include <netlink/socket.h>
 
@@ -17,5 +20,8 @@ using Link = CPtr<rtnl_link, rtnl_link_put>;
 using Addr = CPtr<rtnl_addr, rtnl_addr_put>;
 using Route = CPtr<rtnl_route, rtnl_route_put>;
 using NlAddr = CPtr<nl_addr, nl_addr_put>;
+using Qdisc = CPtr<rtnl_qdisc, rtnl_qdisc_put>;
+using Class = CPtr<rtnl_class, rtnl_class_put>;
+using Cache = CPtr<nl_cache, nl_cache_free>;
 
 }  // namespace sg::nl

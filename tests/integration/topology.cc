@@ -99,12 +99,14 @@ bool Topology::start(const std::string& policy) {
              "[daemon]\nstate_dir = \"" + dir_ + "/state\"\nsocket = \"" + socket +
                  "\"\nlog_level = \"debug\"\ntrust_policy = \"" + dir_ +
                  "/trust-policy.toml\"\n"
-                 "[libvirt]\nuri = \"test:///default\"\nsimulate_guest_network = true\n"
-                 "guest_netns_prefix = \"" +
-                 tag_ +
-                 "-g-\"\n"
+                 "[libvirt]\nuri = \"" +
+                 libvirt_uri + "\"\n" +
+                 (libvirt_uri.rfind("test:", 0) == 0
+                      ? "simulate_guest_network = true\nguest_netns_prefix = \"" + tag_ + "-g-\"\n"
+                      : std::string()) +
                  "[pool]\nipv4 = \"198.51.100.0/24\"\nipv6 = \"2001:db8:5::/56\"\nmax_vms = 16\n"
-                 "[templates.small]\nmax_lifetime = \"2h\"\ndefault_lifetime = \"1h\"\n");
+                 "[templates.small]\nmax_lifetime = \"2h\"\ndefault_lifetime = \"1h\"\n" +
+                 extra_config);
   daemon_ = std::make_unique<DaemonProcess>(host_->name(), dir_ + "/surrogated.toml", socket, dir_ + "/daemon.log");
   return daemon_->start();
 }
@@ -170,6 +172,16 @@ std::uint64_t Topology::sensor(const std::string& ns) const {
     auto r = in_ns(ns, {"nft", "list", "counter", "inet", "sensor", c});
     std::smatch m;
     if (std::regex_search(r.out, m, std::regex("packets ([0-9]+)"))) total += std::stoull(m[1]);
+  }
+  return total;
+}
+
+std::uint64_t Topology::sensor_bytes(const std::string& ns) const {
+  std::uint64_t total = 0;
+  for (const char* c : {"v4", "v6"}) {
+    auto r = in_ns(ns, {"nft", "list", "counter", "inet", "sensor", c});
+    std::smatch m;
+    if (std::regex_search(r.out, m, std::regex("bytes ([0-9]+)"))) total += std::stoull(m[1]);
   }
   return total;
 }

@@ -52,6 +52,8 @@ class Topology {
 
   // Packets that arrived at a namespace from the VM pool since the last reset.
   std::uint64_t sensor(const std::string& ns) const;
+  // Bytes (IP length) that arrived from the VM pool since the last reset.
+  std::uint64_t sensor_bytes(const std::string& ns) const;
   void reset_sensors() const;
   // Drops counted by the daemon's rules for one VM and reason (nflog prefix).
   std::uint64_t drop_counter(const std::string& comment_part) const;
@@ -69,6 +71,13 @@ class Topology {
   std::string blocked_v4 = "203.0.113.200";
   std::string blocked_v6 = "2001:db8:bad::1";
   std::string socket;
+  // Appended to surrogated.toml by start() (extra sections such as [pki]).
+  std::string extra_config;
+  // The daemon's hypervisor. With test:// the guests are simulated network
+  // namespaces (guest_ns()); anything else boots real guests through a
+  // libvirtd the caller runs in host_ns() (tests/e2e), from templates the
+  // caller adds with extra_config.
+  std::string libvirt_uri = "test:///default";
 
  private:
   void link(const Endpoint& e, const std::string& host_if);

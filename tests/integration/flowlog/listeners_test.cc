@@ -149,10 +149,10 @@ TEST_F(ListenersTest, ConntrackSeesNewAndDestroyOfMarkedFlowsWithCounters) {
       [](const std::vector<FlowEvent>& evs) {
         return has(evs, FlowEvent::Kind::end, IPPROTO_ICMP) && has(evs, FlowEvent::Kind::end, IPPROTO_UDP);
       },
-      std::chrono::seconds(40));
+      std::chrono::seconds(90));
   ASSERT_TRUE(has(events, FlowEvent::Kind::start, IPPROTO_ICMP));
   ASSERT_TRUE(has(events, FlowEvent::Kind::start, IPPROTO_UDP));
-  ASSERT_TRUE(has(events, FlowEvent::Kind::end, IPPROTO_ICMP)) << "no DESTROY for the ping within 40 s";
+  ASSERT_TRUE(has(events, FlowEvent::Kind::end, IPPROTO_ICMP)) << "no DESTROY for the ping within 90 s";
   ASSERT_TRUE(has(events, FlowEvent::Kind::end, IPPROTO_UDP)) << "no DESTROY for the UDP flow within 40 s";
   for (const auto& e : events) {
     EXPECT_EQ(e.mark, 7U);

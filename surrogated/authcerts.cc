@@ -1,0 +1,177 @@
+#include "surrogated/authcerts.h"
+
+#include <netinet/in.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "common/timeutil.h"
+
+namespace sg {
+
+std::vector<HoleRecord> holes_for(const certs::VerifiedAuthcert& cert, const VmRecord& vm, std::int64_t now) {
+  std::vector<HoleRecord> out;
+  const auto& c = cert.content;
+  auto base = [&] {
+    HoleRecord h;
+    h.vm_id = vm.id;
+    h.vm_name = vm.name;
+    h.destination = c.destination.to_string();
+    h.expires = std::min(cert.effective_not_after, vm.expires);
+    h.origin = "authcert";
+    h.authcert_id = c.id;
+    h.created = now;
+    return h;
+  };
+  for (auto proto : c.protocols) {
+    switch (proto) {
+      case certs::Protocol::any: {
+        HoleRecord h = base();
+        h.protocol = 0;
+        out.push_back(h);
+        break;
+      }
+      case certs::Protocol::icmp: {
+        HoleRecord h = base();
+        h.protocol = c.destination.family() == Family::v4 ? int{IPPROTO_ICMP} : int{IPPROTO_ICMPV6};
+        out.push_back(h);
+        break;
+      }
+      case certs::Protocol::tcp:
+      case certs::Protocol::udp:
+        for (const auto& r : c.ports) {
+          HoleRecord h = base();
+          h.protocol = proto == certs::Protocol::tcp ? IPPROTO_TCP : IPPROTO_UDP;
+          h.port_first = r.first;
+          h.port_last = r.last;
+          out.push_back(h);
+        }
+        break;
+    }
+  }
+  return out;
+}
+
+Result<std::unique_ptr<AuthcertService>> AuthcertService::open(const DaemonConfig& cfg, StateStore& store,
+                                                               Enforcer& enforcer) {
+  std::vector<Prefix> pool;
+  if (cfg.pool_v4) pool.push_back(*cfg.pool_v4);
+  if (cfg.pool_v6) pool.push_back(*cfg.pool_v6);
+  std::int64_t now = now_unix();
+  auto ca = certs::HostCa::create_or_load(cfg.state_dir + "/host-ca", pool, now);
+  if (!ca) return with_context("host CA in " + cfg.state_dir + "/host-ca", ca.error());
+  std::unique_ptr<AuthcertService> svc(new AuthcertService(cfg, store, enforcer, std::move(*ca)));
+  if (auto st = svc->reload_pki(now); !st) return st.error();
+  if (auto st = svc->host_ca_->publish_crl(now); !st) return st.error();
+  svc->last_crl_publish_ = now;
+  if (cfg.pki_ca_files.empty()) {
+    log::notice("pki: no [pki] ca_files configured; only the host's own CA (virtual nodes) is trusted for authcerts");
+  } else if (cfg.pki_crl_files.empty()) {
+    log::warning("pki: no [pki] crl_files configured; revocation of the owner's CAs' certificates is not checked");
+  }
+  return svc;
+}
+
+Status AuthcertService::reload_pki(std::int64_t now) {
+  certs::PkiConfig pc;
+  pc.ca_files = cfg_.pki_ca_files;
+  pc.crl_files = cfg_.pki_crl_files;
+  pc.crl_mode = cfg_.pki_crl_mode == "require-all" ? certs::CrlMode::require_all : certs::CrlMode::when_present;
+  pc.extra_ca_pems = {host_ca_->cert_pem()};
+  auto crl = host_ca_->crl_pem(now);
+  if (!crl) return crl.error();
+  pc.extra_crl_pems = {*crl};
+  auto store = certs::PkiStore::load(pc);
+  if (!store) return with_context("pki", store.error());
+  pki_ = std::make_unique<certs::PkiStore>(std::move(*store));
+  return {};
+}
+
+Error AuthcertService::reject(const Error& e) {
+  auto reason = certs::reject_reason_of(e);
+  ++rejected_[reason ? std::string(certs::to_string(*reason)) : "other"];
+  return e;
+}
+
+Result<SubmittedAuthcert> AuthcertService::submit(const VmRecord& vm, std::string_view bytes, std::int64_t now) {
+  certs::VerifyOptions opt;
+  opt.expected_user_fingerprint = vm.owner_fp;
+  auto cert = certs::verify_authcert(bytes, *pki_, now, opt);
+  if (!cert) return reject(cert.error());
+  auto revoked = store_.authcert_revoked(cert->id());
+  if (!revoked) return revoked.error();
+  if (*revoked) {
+    return reject(make_error("revoked: authcert " + cert->id() +
+                             " was revoked on this host and cannot be used again; ask the node owner for a new one"));
+  }
+  auto holes = holes_for(*cert, vm, now);
+  if (holes.empty() || holes.front().expires <= now) {
+    return reject(make_error("expired: the authcert ends before it could be used"));
+  }
+  for (auto& h : holes) {
+    if (auto st = store_.insert_hole(h); !st) return st.error();
+  }
+  if (auto st = enforcer_.add_holes(vm, holes); !st) {
+    for (const auto& h : holes) (void)store_.remove_hole(h.id, now, "kernel refused: " + st.error().message);
+    return with_context("the kernel refused the hole (nothing was opened)", st.error());
+  }
+  ++accepted_;
+  return SubmittedAuthcert{*cert, holes};
+}
+
+Result<std::vector<HoleRecord>> AuthcertService::revoke(const std::string& id, std::int64_t now) {
+  auto holes = store_.holes_of_authcert(id);
+  if (!holes) return holes.error();
+  if (auto st = store_.mark_authcert_revoked(id, now); !st) return st.error();
+  std::vector<HoleRecord> closed;
+  for (const auto& h : *holes) {
+    auto vm = store_.find_active(h.vm_name);
+    if (vm && vm->has_value() && h.expires > now) {
+      if (auto st = enforcer_.remove_hole(**vm, h); !st) return st.error();
+    }
+    (void)store_.remove_hole(h.id, now, "authcert revoked");
+    closed.push_back(h);
+  }
+  return closed;
+}
+
+Result<certs::IssuedCert> AuthcertService::issue_vm_cert(const VmRecord& vm, const std::vector<IpAddress>& addresses,
+                                                         const std::optional<std::string>& public_key_pem,
+                                                         std::int64_t now) {
+  certs::VmCertRequest req;
+  req.vm_name = vm.name;
+  req.addresses = addresses;
+  req.public_key_pem = public_key_pem;
+  req.lease_end = vm.expires;
+  auto issued = host_ca_->issue_vm_cert(req, now);
+  if (!issued) return issued.error();
+  if (auto st = store_.record_vm_cert(vm.id, issued->serial, issued->not_after); !st) return st.error();
+  return issued;
+}
+
+void AuthcertService::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
+  std::int64_t now = now_unix();
+  if (auto holes = store_.open_holes(now, vm.id)) {
+    for (const auto& h : *holes) (void)store_.remove_hole(h.id, now, "VM released");
+  }
+  auto serials = store_.vm_cert_serials(vm.id);
+  if (!serials || serials->empty()) return;
+  for (const auto& s : *serials) {
+    if (auto st = host_ca_->revoke(s, now); !st) {
+      log::error("pki: cannot revoke certificate " + s + " of " + vm.name + ": " + st.error().describe());
+    }
+  }
+  if (auto st = reload_pki(now); !st) log::error("pki: " + st.error().describe());
+  log::info("pki: revoked " + std::to_string(serials->size()) + " node certificate(s) of " + vm.name);
+}
+
+void AuthcertService::on_tick() {
+  std::int64_t now = now_unix();
+  // The CRL must be renewed before its nextUpdate (two days): daily is ample.
+  if (now - last_crl_publish_ < 86400) return;
+  last_crl_publish_ = now;
+  if (auto st = host_ca_->publish_crl(now); !st) log::error("pki: cannot publish CRL: " + st.error().describe());
+  if (auto st = reload_pki(now); !st) log::error("pki: " + st.error().describe());
+}
+
+}  // namespace sg

@@ -1,0 +1,98 @@
+// The compiler's part of shaping: every VM chain selects the VM's HTB class
+// with `meta priority set`, and the quota drop comes after the client accept
+// (at 100% of its quota a VM still reaches its client) but before the holes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "netpolicy/compile.h"
+#include "trust/parse.h"
+
+namespace sg::netpolicy {
+namespace {
+
+trust::Policy policy() {
+  auto p = trust::parse_policy("[levels.untrusted]\ndaily_quota = \"2MB\"\n", "p.toml");
+  EXPECT_TRUE(p.ok()) << p.error().message;
+  return *p;
+}
+
+VmNet vm3() {
+  VmNet v;
+  v.id = 3;
+  v.name = "sg3";
+  v.mac = "52:54:00:00:00:03";
+  v.v4 = *IpAddress::parse("198.51.100.14");
+  v.level = trust::TrustLevel::untrusted;
+  v.client = {*Prefix::parse("192.0.2.77")};
+  return v;
+}
+
+const Chain& chain(const Ruleset& rs, const std::string& name) {
+  for (const auto& c : rs.tables[0].chains) {
+    if (c.name == name) return c;
+  }
+  ADD_FAILURE() << "no chain " << name;
+  static Chain none;
+  return none;
+}
+
+std::ptrdiff_t index_of(const Chain& c, const std::string& comment_part) {
+  auto it = std::find_if(c.rules.begin(), c.rules.end(),
+                         [&](const Rule& r) { return r.comment.find(comment_part) != std::string::npos; });
+  return it == c.rules.end() ? -1 : it - c.rules.begin();
+}
+
+std::optional<std::uint32_t> priority_of(const Rule& r) {
+  for (const auto& s : r.statements) {
+    if (const auto* p = std::get_if<PrioritySet>(&s)) return p->priority;
+  }
+  return std::nullopt;
+}
+
+TEST(CompileShaping, QuotaAfterClientBeforeHoles) {
+  auto p = policy();
+  Compiler c(p, CompileOptions{});
+  auto rs = c.compile({vm3()}, {}, 0);
+  const Chain& out = chain(rs, "vm_sg3_out");
+  auto client = index_of(out, "its own client");
+  auto quota = index_of(out, "daily byte quota");
+  auto holes = index_of(out, "nodes that signed");
+  ASSERT_GE(client, 0);
+  ASSERT_GE(quota, 0);
+  ASSERT_GE(holes, 0);
+  EXPECT_LT(client, quota);
+  EXPECT_LT(quota, holes);
+  // Guardrails still come first: a closed port stays closed even to the client.
+  EXPECT_LT(index_of(out, "closed ports"), client);
+}
+
+TEST(CompileShaping, ChainsSelectTheVmsClasses) {
+  auto p = policy();
+  Compiler c(p, CompileOptions{});
+  auto rs = c.compile({vm3()}, {}, 0);
+  const Chain& out = chain(rs, "vm_sg3_out");
+  EXPECT_EQ(priority_of(out.rules[index_of(out, "shape as everything else")]),
+            tc_handle(kTcMajorDefault, 3, FlowClass::other));
+  EXPECT_EQ(priority_of(out.rules[index_of(out, "its own client")]), tc_handle(kTcMajorDefault, 3, FlowClass::client));
+  EXPECT_EQ(priority_of(out.rules[index_of(out, "nodes that signed")]),
+            tc_handle(kTcMajorDefault, 3, FlowClass::nodes));
+  // The default class is set before anything can accept the packet.
+  EXPECT_LT(index_of(out, "shape as everything else"), index_of(out, "its own client"));
+  const Chain& in = chain(rs, "vm_sg3_in");
+  EXPECT_EQ(index_of(in, "shape as everything else"), 0);
+  EXPECT_LT(index_of(in, "shape as its client"), index_of(in, "replies and related"));
+  EXPECT_NE(to_nft_text(in).find("meta priority set 53:d"), std::string::npos) << to_nft_text(in);
+}
+
+TEST(CompileShaping, OffMeansNoPriorityStatements) {
+  auto p = policy();
+  CompileOptions o;
+  o.shaping = false;
+  Compiler c(p, o);
+  auto text = to_nft_text(c.compile({vm3()}, {}, 0));
+  EXPECT_EQ(text.find("meta priority"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sg::netpolicy
