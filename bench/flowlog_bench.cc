@@ -50,6 +50,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "common/raii/fd.h"
@@ -358,6 +359,7 @@ struct StepResult {
   std::int64_t missing = 0;    // generated - rows
   std::uint64_t overruns = 0;  // ENOBUFS on the event socket
   std::int64_t events = 0;
+  std::int64_t ct_id_collisions = 0;  // NEW events whose ct id another open flow had
   double drain_seconds = 0;
   double pipeline_cpu = 0;  // CPU seconds of the pipeline thread over the step
   double max_commit_ms = 0;
@@ -379,6 +381,7 @@ nlohmann::json to_json(const StepResult& s) {
           {"missing", s.missing},
           {"overruns", s.overruns},
           {"events", s.events},
+          {"ct_id_collisions", s.ct_id_collisions},
           {"drain_s", r3(s.drain_seconds)},
           {"pipeline_cpu_s", r3(s.pipeline_cpu)},
           {"max_commit_ms", r3(s.max_commit_ms)},
@@ -465,10 +468,11 @@ LiveResult run_live(const Options& o, const std::string& dir) {
             << " s per rate; " << nsocks << " source ports; UDP timeout 1 s; nf_conntrack_max "
             << ct_max.substr(0, ct_max.find('\n')) << "; maybe_flush "
             << (o.flush_every_read ? "after every read (what-if)" : "once per second, as the daemon's loop") << ")\n";
-  std::printf("%8s %9s %9s %9s %9s %8s %6s %8s %8s %9s %8s %8s  %s\n", "rate/s", "sent", "achieved", "kernel", "rows",
-              "missing", "gaps", "overrun", "drain s", "cpu %", "commit", "queue", "verdict");
+  std::printf("%8s %9s %9s %9s %9s %8s %6s %8s %6s %8s %9s %8s %8s  %s\n", "rate/s", "sent", "achieved", "kernel",
+              "rows", "missing", "gaps", "overrun", "ctid=", "drain s", "cpu %", "commit", "queue", "verdict");
 
   int zero_loss_streak_broken = 0;
+  std::unordered_set<std::uint32_t> open_ids;  // ct ids of flows open now (NEW seen, DESTROY not yet)
   std::int64_t last_gap_id = 0;
   for (std::size_t step = 0; step < o.rates.size(); ++step) {
     check_interrupt();
@@ -498,8 +502,13 @@ LiveResult run_live(const Options& o, const std::string& dir) {
       for (const auto& ev : evs) {
         ++s.events;
         switch (ev.kind) {
-          case FlowEvent::Kind::start: log->record_flow_start(ev, ctx); break;
+          case FlowEvent::Kind::start:
+            // Diagnostic: a NEW whose ct id is already open (FlowLog keys open rows by ct id and VM).
+            if (!open_ids.insert(ev.ct_id).second) ++s.ct_id_collisions;
+            log->record_flow_start(ev, ctx);
+            break;
           case FlowEvent::Kind::end:
+            open_ids.erase(ev.ct_id);
             log->record_flow_end(ev, ctx);
             if (ev.dport >= dport_base && ev.dport <= dport_last) ++ends;
             break;
@@ -575,12 +584,12 @@ LiveResult run_live(const Options& o, const std::string& dir) {
     }
     const bool rate_reached = s.achieved_rate >= 0.9 * s.rate && s.gen.failed == 0;
     if (!rate_reached) s.verdict += " (generator short of the rate)";
-    std::printf("%8d %9lld %9.0f %9lld %9lld %8lld %6lld %8llu %8.1f %8.0f%% %6.0fms %8zu  %s\n", s.rate,
+    std::printf("%8d %9lld %9.0f %9lld %9lld %8lld %6lld %8llu %6lld %8.1f %8.0f%% %6.0fms %8zu  %s\n", s.rate,
                 static_cast<long long>(s.gen.sent), s.achieved_rate, static_cast<long long>(s.kernel_new),
                 static_cast<long long>(s.rows), static_cast<long long>(s.missing), static_cast<long long>(s.gaps),
-                static_cast<unsigned long long>(s.overruns), s.drain_seconds,
-                100.0 * s.pipeline_cpu / (s.gen.seconds + s.drain_seconds), s.max_commit_ms, s.max_queued,
-                s.verdict.c_str());
+                static_cast<unsigned long long>(s.overruns), static_cast<long long>(s.ct_id_collisions),
+                s.drain_seconds, 100.0 * s.pipeline_cpu / (s.gen.seconds + s.drain_seconds), s.max_commit_ms,
+                s.max_queued, s.verdict.c_str());
     std::fflush(stdout);
     const bool zero = s.missing == 0 && s.gaps == 0 && rate_reached;
     const bool accounted = (s.missing <= 0 || s.gaps > 0) && rate_reached;

@@ -97,7 +97,8 @@ void print_flows(const nlohmann::json& rows) {
 }  // namespace
 
 LogCommands* add_log_commands(CLI::App& app) {
-  auto* c = new LogCommands();  // lives as long as the process
+  static LogCommands commands;  // one set of subcommands per process
+  auto* c = &commands;
   c->authcert = app.add_subcommand("authcert", "authcerts: a node's signed consent to be reached by your VMs");
   c->authcert->require_subcommand(1);
   c->a_sign = c->authcert->add_subcommand("sign", "sign an authcert (for node owners; no daemon needed)");

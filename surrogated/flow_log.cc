@@ -570,8 +570,11 @@ struct Writer {
                     "orig_bytes, reply_packets, reply_bytes, ct_id, syn_probe, origin, end_lost, start_exact) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"),
         find_open(db,
+                  // ct ids are 32-bit hashes that open flows may share: the
+                  // tuple tells two such flows apart.
                   "SELECT id FROM flows WHERE ct_id=?1 AND vm_id=?2 AND end_ms IS NULL "
-                  "AND (?3=0 OR start_exact=0 OR start_ms=?4) ORDER BY id DESC LIMIT 1"),
+                  "AND (?3=0 OR start_exact=0 OR start_ms=?4) AND proto=?5 AND src=?6 AND dst=?7 "
+                  "AND sport IS ?8 AND dport IS ?9 ORDER BY id DESC LIMIT 1"),
         close_flow(db,
                    // NEW events carry no kernel timestamp, DESTROY events do: the
                    // end corrects the start of a row that only had the time it was read.
@@ -579,6 +582,7 @@ struct Writer {
                    "end_lost=0, start_ms=CASE WHEN ?8=1 THEN ?9 ELSE start_ms END, "
                    "start_exact=MAX(start_exact, ?8) WHERE id = (SELECT id FROM flows WHERE ct_id=?6 AND vm_id=?7 "
                    "AND (end_ms IS NULL OR end_lost=1) AND (?8=0 OR start_exact=0 OR start_ms=?9) "
+                   "AND proto=?10 AND src=?11 AND dst=?12 AND sport IS ?13 AND dport IS ?14 "
                    "ORDER BY id DESC LIMIT 1)"),
         insert_drop(db,
                     "INSERT INTO drops (time_ms, vm_id, vm_name, client_fp, reason, kind, suppressed, family, proto, "
@@ -607,6 +611,8 @@ struct Writer {
   int is_open(const FlowRecord& r, bool match_start) {
     find_open.reset();
     find_open.bind(1, r.ct_id).bind(2, r.vm_id).bind(3, std::int64_t{match_start}).bind(4, r.start_ms);
+    find_open.bind(5, std::int64_t{r.proto}).bind(6, to_blob(r.src)).bind(7, to_blob(r.dst));
+    find_open.bind(8, r.sport).bind(9, r.dport);
     return find_open.step();
   }
 
@@ -624,6 +630,8 @@ struct Writer {
     close_flow.bind(1, op.row.end_ms).bind(2, op.row.orig_packets).bind(3, op.row.orig_bytes);
     close_flow.bind(4, op.row.reply_packets).bind(5, op.row.reply_bytes).bind(6, op.row.ct_id);
     close_flow.bind(7, op.row.vm_id).bind(8, std::int64_t{op.exact_start}).bind(9, op.row.start_ms);
+    close_flow.bind(10, std::int64_t{op.row.proto}).bind(11, to_blob(op.row.src)).bind(12, to_blob(op.row.dst));
+    close_flow.bind(13, op.row.sport).bind(14, op.row.dport);
     const int rc = done(close_flow.step());
     if (rc != SQLITE_OK) return rc;
     if (sqlite3_changes(db) > 0) return SQLITE_OK;

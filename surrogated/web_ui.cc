@@ -135,7 +135,8 @@ std::string render_overview(const nlohmann::json& ov, const std::string& csrf, c
     traffic += "last " + html_escape(win) + ": out " + bytes_text(num(v, "bytes_out")) + ", in " +
                bytes_text(num(v, "bytes_in")) + " (" + std::to_string(num(v, "flows")) + " flows)";
     std::string drops;
-    for (const auto& [reason, n] : v.value("drops_by_reason", nlohmann::json::object()).items()) {
+    const nlohmann::json by_reason = v.value("drops_by_reason", nlohmann::json::object());
+    for (const auto& [reason, n] : by_reason.items()) {
       drops += (drops.empty() ? "" : "<br>") + html_escape(reason) + ": " + std::to_string(n.get<std::int64_t>());
     }
     std::string level = str(v, "trust_level");

@@ -49,7 +49,7 @@ TEST_F(WebTest, PageListsStopsAndLooksUp) {
 
   // A steady ping from the guest while the browser works: 5 a second.
   std::atomic<bool> pinging = true;
-  std::thread pinger([&] {
+  std::jthread pinger([&] {
     t.in_guest(vm, {"ping", "-q", "-c", "100", "-i", "0.2", "-W", "1", t.client.v4});
     pinging = false;
   });
@@ -81,7 +81,6 @@ TEST_F(WebTest, PageListsStopsAndLooksUp) {
   EXPECT_TRUE(stopped) << audit.dump(1);
   auto flows = t.ctl_json({"flows", "--vm", vm});
   EXPECT_FALSE(flows.empty()) << "the stopped VM's flows are kept";
-  pinger.join();
 }
 
 }  // namespace

@@ -111,6 +111,29 @@ class FlowLogTest : public ::testing::Test {
   std::string path_;
 };
 
+// Conntrack ids are 32-bit hashes: two open flows of one VM may share one.
+// Each still gets its row, and each end closes its own.
+TEST_F(FlowLogTest, OpenFlowsSharingACtIdAreToldApartByTheirTuple) {
+  auto log = open();
+  const auto t = wall_ms();
+  auto a = flow(77, 3, "192.0.2.3", "198.51.100.1", 443, t);
+  auto b = flow(77, 3, "192.0.2.3", "198.51.100.2", 80, t);
+  log.record_flow_start(a, context(3));
+  log.record_flow_start(b, context(3));
+  log.record_flow_end(ended(b, t + 500, 2000, 100), context(3));
+  ASSERT_TRUE(log.flush().ok());
+  auto rows = all_flows(log);
+  ASSERT_EQ(rows.size(), 2U);
+  for (const auto& r : rows) {
+    if (r.dst == ip("198.51.100.2")) {
+      EXPECT_TRUE(r.end_ms.has_value());
+      EXPECT_EQ(r.orig_bytes, 2000);
+    } else {
+      EXPECT_FALSE(r.end_ms.has_value()) << "the other flow's end closed this one";
+    }
+  }
+}
+
 TEST_F(FlowLogTest, NothingIsVisibleBeforeTheBatchIsDueAndEverythingAfter) {
   auto log = open();
   const auto t = wall_ms();
