@@ -188,8 +188,8 @@ int main(int argc, char** argv) {
         must(backend.apply(compiler.plan_remove_hole(vm, h, now)), "remove hole");
       }
       double med = percentile(samples, 0.5), p99 = percentile(samples, 0.99);
-      std::printf("submit-to-hole with %d VMs, %zu holes: median %.2f ms, p99 %.2f ms (%d rounds)\n", vms,
-                  holes.size(), med, p99, rounds);
+      std::printf("submit-to-hole with %d VMs, %zu holes: median %.2f ms, p99 %.2f ms (%d rounds)\n", vms, holes.size(),
+                  med, p99, rounds);
       std::printf("targets: verifications >= 5000/s: %s; median < 2 ms: %s; p99 < 10 ms: %s\n",
                   per_second >= 5000 ? "PASS" : "MISS", med < 2 ? "PASS" : "MISS", p99 < 10 ? "PASS" : "MISS");
       out["vms"] = vms;

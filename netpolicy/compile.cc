@@ -604,8 +604,7 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
     VmParts p = vm_parts(vm, hv == holes_by_vm.end() ? no_holes : hv->second, now);
     t.sets.insert(t.sets.end(), std::make_move_iterator(p.sets.begin()), std::make_move_iterator(p.sets.end()));
     t.quotas.insert(t.quotas.end(), p.quotas.begin(), p.quotas.end());
-    t.chains.insert(t.chains.end(), std::make_move_iterator(p.chains.begin()),
-                    std::make_move_iterator(p.chains.end()));
+    t.chains.insert(t.chains.end(), std::make_move_iterator(p.chains.begin()), std::make_move_iterator(p.chains.end()));
     for (auto& [map, e] : p.map_elements) map_elements[map].push_back(std::move(e));
     ok.elements.insert(ok.elements.end(), p.arp_elements.begin(), p.arp_elements.end());
   }
