@@ -168,7 +168,21 @@ class RealVmTest : public ::testing::Test {
     libvirtd_ = std::make_unique<Libvirtd>(topo_->host_ns(), topo_->dir() + "/libvirt", guest_dir() + "/libvirt-cache");
     ASSERT_TRUE(libvirtd_->start()) << libvirtd_->log();
     topo_->libvirt_uri = libvirtd_->uri();
-    topo_->extra_config = templates_toml();
+    // nodeA's owner runs a small CA (docs/authcert.md, section 3); the host
+    // trusts it for authcerts.
+    pki_ = topo_->dir() + "/pki";
+    auto pki = run({"bash", "-c", "set -e; mkdir -p " + pki_ + "; cd " + pki_ + R"(
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=Lab CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -addext "nameConstraints=critical,permitted;IP:203.0.113.0/255.255.255.0" -out ca.pem
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out node.key 2>/dev/null
+openssl req -new -key node.key -subj "/CN=node-a.example" -out node.csr
+printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nsubjectAltName = IP:203.0.113.18\n' > node.ext
+openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile node.ext -out node.pem 2>/dev/null
+)"});
+    ASSERT_EQ(pki.code, 0) << pki.err;
+    topo_->extra_config = templates_toml() + "[pki]\nca_files = [\"" + pki_ + "/ca.pem\"]\n";
     untrusted_key_ = topo_->keygen("untrusted");
     semi_key_ = topo_->keygen("semi");
     trusted_key_ = topo_->keygen("trusted");
@@ -266,6 +280,7 @@ class RealVmTest : public ::testing::Test {
   std::unique_ptr<Topology> topo_;
   std::unique_ptr<Libvirtd> libvirtd_;
   std::map<std::string, std::string> domains_;  // vm -> libvirt domain
+  std::string pki_;
   std::string untrusted_key_, semi_key_, trusted_key_;
 };
 
@@ -358,14 +373,20 @@ TEST_F(RealVmTest, EachLevelShowsFromInsideItsGuestExactlyWhatItAllows) {
   }
 }
 
-TEST_F(RealVmTest, AdminHoleOpensForARunningGuestAndReleaseLeavesNothing) {
+TEST_F(RealVmTest, AuthcertOpensAHoleForARunningGuestAndReleaseLeavesNothing) {
   auto& t = *topo_;
   std::string vm = allocate(untrusted_key_, "hole");
   ASSERT_FALSE(vm.empty());
   ASSERT_TRUE(wait_console(vm, "SGCHECK tcp 203.0.113.18:8080")) << console(vm);
   EXPECT_EQ(checks_of(console(vm))["tcp 203.0.113.18:8080"], "fail");
-  // The guest now waits at its barrier: open the hole, then the barrier.
-  auto add = t.ctl_json({"hole", "add", vm, t.nodeA.v4 + ":8080", "--proto", "tcp", "--for", "10m"});
+  // The guest now waits at its barrier. nodeA's owner signs an authcert for
+  // the client's key; the client submits it; then the barrier opens.
+  std::string grant = t.dir() + "/grant.pem";
+  auto signed_cert = run({surrogatectl_bin(), "authcert", "sign", "--node-key", pki_ + "/node.key", "--node-cert",
+                          pki_ + "/node.pem", "--user-key", untrusted_key_ + ".pub", "--to", t.nodeA.v4 + ":8080",
+                          "--proto", "tcp", "--valid-for", "10m", "-o", grant});
+  ASSERT_EQ(signed_cert.code, 0) << signed_cert.err;
+  auto add = t.ctl_json({"authcert", "submit", vm, grant}, untrusted_key_);
   ASSERT_TRUE(add.contains("id")) << add.dump();
   Listener barrier(t.client.ns, 9001);
   ASSERT_TRUE(barrier.ok());
@@ -374,6 +395,17 @@ TEST_F(RealVmTest, AdminHoleOpensForARunningGuestAndReleaseLeavesNothing) {
   EXPECT_EQ(c["wait 203.0.113.2:9001"], "ok");
   EXPECT_EQ(c["tcp 203.0.113.18:8080#2"].substr(0, 2), "ok");  // through the hole
   EXPECT_EQ(c["tcp 203.0.113.18:8081"], "fail");               // only the granted port
+  // The flow log lists the guest's flows, the one through the hole with its authcert.
+  bool logged = false;
+  for (int i = 0; i < 60 && !logged; ++i) {
+    auto flows = t.ctl_json({"flows", "--vm", vm, "--to", t.nodeA.v4});
+    for (const auto& f : flows) {
+      if (f.value("authcert_id", "") == add.value("id", "")) logged = true;
+    }
+    if (!logged) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  EXPECT_TRUE(logged) << "no flow to nodeA attributed to the authcert";
+  EXPECT_FALSE(t.ctl_json({"flows", "--vm", vm, "--to", t.client.v4}).empty()) << "no flow to the client logged";
 
   auto t0 = Clock::now();
   auto rel = t.ctl({"release", vm});
