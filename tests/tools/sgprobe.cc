@@ -4,6 +4,7 @@
 //   sgprobe udp-send ADDR PORT COUNT [INTERVAL_MS]
 //   sgprobe frag ADDR                            a lone non-first IPv4 fragment (raw socket)
 //   sgprobe syn ADDR PORT COUNT [INTERVAL_MS]    TCP connects without waiting (SYN floods in miniature)
+//   sgprobe udp-spray ADDR FIRST_PORT COUNT      one datagram to each of COUNT ports: COUNT new flows at once
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -74,6 +75,26 @@ int udp_send(const char* addr, int port, int count, int interval_ms) {
   return 0;
 }
 
+// One datagram to each of COUNT ports from FIRST on, as fast as possible:
+// COUNT new flows within milliseconds.
+int udp_spray(const char* addr, int first, int count) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  if (!make_addr(addr, first, ss, len)) return 64;
+  int fd = socket(ss.ss_family, SOCK_DGRAM, 0);
+  for (int i = 0; i < count; ++i) {
+    auto port = htons(static_cast<uint16_t>(first + i));
+    if (ss.ss_family == AF_INET) {
+      reinterpret_cast<sockaddr_in*>(&ss)->sin_port = port;
+    } else {
+      reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port = port;
+    }
+    sendto(fd, "x", 1, 0, reinterpret_cast<sockaddr*>(&ss), len);
+  }
+  close(fd);
+  return 0;
+}
+
 int syn_burst(const char* addr, int port, int count, int interval_ms) {
   sockaddr_storage ss{};
   socklen_t len = 0;
@@ -139,6 +160,7 @@ int main(int argc, char** argv) {
   auto arg = [&](int i, int def) { return argc > i ? std::atoi(argv[i]) : def; };
   if (mode == "tcp-connect") return tcp_connect(argv[2], arg(3, 80), arg(4, 1500));
   if (mode == "udp-send") return udp_send(argv[2], arg(3, 9), arg(4, 1), arg(5, 0));
+  if (mode == "udp-spray") return udp_spray(argv[2], arg(3, 10000), arg(4, 1000));
   if (mode == "syn") return syn_burst(argv[2], arg(3, 80), arg(4, 10), arg(5, 10));
   if (mode == "frag") return lone_fragment(argv[2]);
   if (mode == "na") return neighbour_advert(argv[2]);
