@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include "common/sqlite_util.h"
 #include "common/timeutil.h"
 
 namespace sg {
@@ -10,17 +11,8 @@ namespace {
 
 const std::string kGenesisHash(64, '0');
 
-Error db_error(sqlite3* db, const std::string& what) { return make_error(what + ": " + sqlite3_errmsg(db)); }
-
-Status exec(sqlite3* db, const char* sql) {
-  char* msg = nullptr;
-  if (sqlite3_exec(db, sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-    std::string m = msg != nullptr ? msg : sqlite3_errmsg(db);
-    sqlite3_free(msg);
-    return make_error(m);
-  }
-  return {};
-}
+using sql::db_error;
+using sql::exec;
 
 sql::Stmt prepare(sqlite3* db, const char* sql) {
   sqlite3_stmt* raw = nullptr;

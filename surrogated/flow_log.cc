@@ -8,6 +8,7 @@
 #include <set>
 
 #include "common/log.h"
+#include "common/sqlite_util.h"
 #include "common/timeutil.h"
 
 namespace sg {
@@ -23,7 +24,8 @@ std::int64_t wall_ms() {
   return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
 }
 
-Error db_error(sqlite3* db, const std::string& what) { return make_error(what + ": " + sqlite3_errmsg(db)); }
+using sql::db_error;
+using sql::exec;
 
 // Errors of the database as a whole (space, I/O, locks): the batch is kept
 // and retried. Anything else is the fault of the one record being written.
@@ -80,67 +82,9 @@ std::pair<Blob16, Blob16> prefix_range(const Prefix& p) {
 int family_number(Family f) { return f == Family::v4 ? 4 : 6; }
 Family family_from_number(std::int64_t n) { return n == 6 ? Family::v6 : Family::v4; }
 
-class Statement {
- public:
-  Statement(sqlite3* db, const std::string& sql) : db_(db) {
-    sqlite3_stmt* raw = nullptr;
-    rc_ = sqlite3_prepare_v2(db, sql.c_str(), -1, &raw, nullptr);
-    stmt_.reset(raw);
-  }
-  [[nodiscard]] bool ok() const { return rc_ == SQLITE_OK; }
-  [[nodiscard]] int prepare_rc() const { return rc_; }
-  Statement& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(stmt_.get(), i, v);
-    return *this;
-  }
-  Statement& bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_.get(), i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& bind(int i, const Blob16& v) {
-    sqlite3_bind_blob(stmt_.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  template <class T>
-  Statement& bind(int i, const std::optional<T>& v) {
-    if (v) return bind(i, static_cast<std::conditional_t<std::is_integral_v<T>, std::int64_t, T>>(*v));
-    sqlite3_bind_null(stmt_.get(), i);
-    return *this;
-  }
-  int step() { return sqlite3_step(stmt_.get()); }
-  void reset() {
-    sqlite3_reset(stmt_.get());
-    sqlite3_clear_bindings(stmt_.get());
-  }
-  [[nodiscard]] bool is_null(int col) const { return sqlite3_column_type(stmt_.get(), col) == SQLITE_NULL; }
-  [[nodiscard]] std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
-  [[nodiscard]] std::optional<int> opt_int(int col) const {
-    if (is_null(col)) return std::nullopt;
-    return static_cast<int>(integer(col));
-  }
-  [[nodiscard]] std::string text(int col) const {
-    const auto* p = sqlite3_column_text(stmt_.get(), col);
-    return p == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(p));
-  }
-  [[nodiscard]] IpAddress address(int col, Family family) const {
-    return from_blob(sqlite3_column_blob(stmt_.get(), col), sqlite3_column_bytes(stmt_.get(), col), family);
-  }
+using sql::Statement;
 
- private:
-  sqlite3* db_;
-  sql::Stmt stmt_;
-  int rc_;
-};
-
-Status exec(sqlite3* db, const std::string& sql) {
-  char* msg = nullptr;
-  if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg) != SQLITE_OK) {
-    std::string m = msg != nullptr ? msg : sqlite3_errmsg(db);
-    sqlite3_free(msg);
-    return make_error(m);
-  }
-  return {};
-}
+IpAddress address(const Statement& s, int col, Family family) { return from_blob(s.blob(col), s.bytes(col), family); }
 
 Result<std::int64_t> pragma_int(sqlite3* db, const char* name) {
   Statement s(db, std::string("PRAGMA ") + name);
@@ -232,8 +176,8 @@ FlowRecord read_flow(const Statement& s) {
   r.path = s.text(7);
   r.family = family_from_number(s.integer(8));
   r.proto = static_cast<int>(s.integer(9));
-  r.src = s.address(10, r.family);
-  r.dst = s.address(11, r.family);
+  r.src = address(s, 10, r.family);
+  r.dst = address(s, 11, r.family);
   r.sport = s.opt_int(12);
   r.dport = s.opt_int(13);
   r.icmp_type = s.opt_int(14);
@@ -267,8 +211,8 @@ DropRecord read_drop(const Statement& s) {
   r.suppressed = s.integer(7);
   if (!s.is_null(8)) {
     r.family = family_from_number(s.integer(8));
-    if (!s.is_null(10)) r.src = s.address(10, *r.family);
-    if (!s.is_null(11)) r.dst = s.address(11, *r.family);
+    if (!s.is_null(10)) r.src = address(s, 10, *r.family);
+    if (!s.is_null(11)) r.dst = address(s, 11, *r.family);
   }
   r.proto = static_cast<int>(s.integer(9));
   r.sport = s.opt_int(12);

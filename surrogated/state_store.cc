@@ -1,41 +1,14 @@
 #include "surrogated/state_store.h"
 
+#include "common/sqlite_util.h"
+
 namespace sg {
 namespace {
 
 constexpr int kSchemaVersion = 1;
 
-Error db_error(sqlite3* db, const std::string& what) { return make_error(what + ": " + sqlite3_errmsg(db)); }
-
-class Statement {
- public:
-  Statement(sqlite3* db, const char* sql) : db_(db) {
-    sqlite3_stmt* raw = nullptr;
-    rc_ = sqlite3_prepare_v2(db, sql, -1, &raw, nullptr);
-    stmt_.reset(raw);
-  }
-  [[nodiscard]] bool ok() const { return rc_ == SQLITE_OK; }
-  Statement& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(stmt_.get(), i, v);
-    return *this;
-  }
-  Statement& bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_.get(), i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  int step() { return sqlite3_step(stmt_.get()); }
-  [[nodiscard]] std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
-  [[nodiscard]] std::string text(int col) const {
-    const auto* p = sqlite3_column_text(stmt_.get(), col);
-    return p == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(p));
-  }
-  [[nodiscard]] sqlite3* db() const { return db_; }
-
- private:
-  sqlite3* db_;
-  sql::Stmt stmt_;
-  int rc_;
-};
+using sql::db_error;
+using sql::Statement;
 
 constexpr const char* kVmColumns =
     "id, name, domain, owner_fp, owner_key, template, slot, ipv4, ipv6, mac, created, expires, trust_level, "
@@ -110,7 +83,8 @@ Result<StateStore> StateStore::open(const std::string& path) {
       "  created INTEGER NOT NULL);"
       "CREATE INDEX IF NOT EXISTS vms_state ON vms(state);"
       "CREATE UNIQUE INDEX IF NOT EXISTS vms_active_slot ON vms(slot) WHERE state != 'released';";
-  if (auto st = store.exec(schema); !st) return with_context("initialising state store " + path, st.error());
+  if (auto st = sql::exec(store.db_.get(), schema); !st)
+    return with_context("initialising state store " + path, st.error());
   Statement get(store.db_.get(), "SELECT value FROM meta WHERE key='schema'");
   if (get.step() == SQLITE_ROW) {
     if (get.text(0) != std::to_string(kSchemaVersion)) {
@@ -123,16 +97,6 @@ Result<StateStore> StateStore::open(const std::string& path) {
     if (put.step() != SQLITE_DONE) return db_error(store.db_.get(), "writing schema version");
   }
   return store;
-}
-
-Status StateStore::exec(const char* sql) const {
-  char* msg = nullptr;
-  if (sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-    std::string m = msg != nullptr ? msg : "unknown error";
-    sqlite3_free(msg);
-    return make_error(m);
-  }
-  return {};
 }
 
 Status StateStore::insert(VmRecord& vm) {

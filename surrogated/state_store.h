@@ -110,7 +110,6 @@ class StateStore {
 
  private:
   explicit StateStore(sql::Db db) : db_(std::move(db)) {}
-  Status exec(const char* sql) const;
   Result<std::vector<VmRecord>> query_vms(const char* where, const std::string& arg) const;
   sql::Db db_;
 };
