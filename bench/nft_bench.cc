@@ -437,7 +437,7 @@ ChangeResult measure_changes(const Options& o, const Compiler& compiler, NftBack
     if (k == 0) {
       // Once, outside the timing: the kernel really holds the new element.
       auto listed =
-          must({"nft", "list", "set", "inet", compiler.options().table, "vm_" + target.name + "_holes_v4"}, host_ns);
+          must({"nft", "list", "map", "inet", compiler.options().table, "vm_" + target.name + "_holes_v4"}, host_ns);
       if (listed.out.find("198.51.100.200") == std::string::npos) {
         throw std::runtime_error("the added hole is not in the kernel's set");
       }

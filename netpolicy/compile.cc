@@ -63,6 +63,14 @@ Match ifname_wildcard(Field f, const std::string& prefix) {
   return x;
 }
 
+// `ip daddr 203.0.113.7` for a single address, `ip daddr 203.0.113.0/24`
+// for a prefix (a client's addresses are compared in the rule itself: no
+// per-VM set, see vm_parts).
+Match addr_match(Field f, const Prefix& p) {
+  if (p.length >= p.address.bit_length()) return eq(f, address_bytes(p.address));
+  return in_prefix(f, p);
+}
+
 Field saddr(Family f) { return f == Family::v4 ? Field::ip_saddr : Field::ip6_saddr; }
 Field daddr(Family f) { return f == Family::v4 ? Field::ip_daddr : Field::ip6_daddr; }
 const char* sfx(Family f) { return f == Family::v4 ? "_v4" : "_v6"; }
@@ -177,6 +185,22 @@ std::vector<Set> Compiler::shared_sets() const {
       sets.push_back(std::move(s));
     }
   }
+  // Per-destination meters, shared by every VM and keyed by its interface:
+  // one set each instead of four per VM (the kernel finds a table's sets by
+  // name in a list, so per-VM sets made every change slower with every VM).
+  for (Family f : {Family::v4, Family::v6}) {
+    for (const char* kind : {"dst_pps", "dst_bps"}) {
+      Set meter;
+      meter.name = std::string(kind) + sfx(f);
+      meter.key = {KeyType::ifname, f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr};
+      meter.dynamic = true;
+      meter.timeout = true;
+      // The kernel sizes a dynamic set's hash table by `size` up front.
+      meter.size = opt_.meter_size;
+      meter.timeout_ms = 60'000;
+      sets.push_back(std::move(meter));
+    }
+  }
   for (const char* map : {"from_vm", "to_vm", "vm_to_host", "vm_pre"}) {
     Set s;
     s.name = map;
@@ -192,7 +216,24 @@ std::vector<Set> Compiler::shared_sets() const {
   return sets;
 }
 
-std::vector<SetElement> Compiler::hole_elements(const Hole& hole, Family family, std::int64_t now) const {
+Set Compiler::holes_set(const VmNet& vm, Family f) const {
+  Set h;
+  h.name = "vm_" + vm.name + "_holes" + sfx(f);
+  h.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service};
+  h.interval = true;
+  h.timeout = true;
+  // With shaping, a map to each hole's tc class (docs/shaping.md).
+  if (opt_.shaping) h.data_type = KeyType::classid;
+  return h;
+}
+
+std::uint32_t Compiler::hole_class(const VmNet& vm, const Hole& hole) const {
+  return hole.tc_minor != 0 ? tc_handle(opt_.tc_major, hole.tc_minor)
+                            : tc_handle(opt_.tc_major, vm.id, FlowClass::nodes);
+}
+
+std::vector<SetElement> Compiler::hole_elements(const VmNet& vm, const Hole& hole, Family family,
+                                                std::int64_t now) const {
   std::vector<SetElement> out;
   if (hole.destination.family() != family) return out;
   SetElement e = prefix_element(hole.destination);
@@ -208,6 +249,7 @@ std::vector<SetElement> Compiler::hole_elements(const Hole& hole, Family family,
   }
   if (hole.expires > 0) e.timeout_ms = static_cast<std::uint64_t>(std::max<std::int64_t>(1, hole.expires - now)) * 1000;
   e.comment = "hole " + std::to_string(hole.id);
+  if (opt_.shaping) e.data = host32_bytes(hole_class(vm, hole));
   out.push_back(std::move(e));
   return out;
 }
@@ -283,8 +325,10 @@ Chain Compiler::out_chain(const VmNet& vm) const {
     return st;
   };
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(rule({nfproto(f), in_set({daddr(f)}, "vm_" + n + "_client" + sfx(f))}, shaped(FlowClass::client),
-                     n + ": its own client"));
+    for (const auto& p : minimal(of_family(vm.client, f))) {
+      r.push_back(rule({nfproto(f), addr_match(daddr(f), p)}, shaped(FlowClass::client),
+                       n + ": its own client " + p.to_string()));
+    }
   }
   // 7. Daily byte quota: counts everything but the client.
   if (lp.daily_quota_bytes > 0) {
@@ -293,8 +337,16 @@ Chain Compiler::out_chain(const VmNet& vm) const {
   }
   // 8. Authorized nodes: for every level.
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(rule({nfproto(f), in_set({daddr(f), Field::l4proto, Field::th_dport}, "vm_" + n + "_holes" + sfx(f))},
-                     shaped(FlowClass::nodes), n + ": nodes that signed an authcert for this client"));
+    std::vector<Field> key = {daddr(f), Field::l4proto, Field::th_dport};
+    std::string map = "vm_" + n + "_holes" + sfx(f);
+    if (opt_.shaping) {
+      // The lookup both authorizes and picks the hole's tc class.
+      r.push_back(rule({nfproto(f)}, {PriorityMap{key, map}, accept()},
+                       n + ": nodes that signed an authcert for this client, each in its class"));
+    } else {
+      r.push_back(
+          rule({nfproto(f), in_set(key, map)}, {accept()}, n + ": nodes that signed an authcert for this client"));
+    }
   }
   // 9. Semi-trusted allowlists (no meter: the destination is vetted).
   if (vm.level == TrustLevel::semi_trusted) {
@@ -316,14 +368,14 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       ms.insert(ms.begin(), nfproto(f));
       r.push_back(
           rule(std::move(ms),
-               {MeterUpdate{set, daddr(f), len, lim}, Counter{}, Log{opt_.log_group, n + " dest-rate "}, drop()},
+               {MeterUpdate{set, daddr(f), len, lim, true}, Counter{}, Log{opt_.log_group, n + " dest-rate "}, drop()},
                n + ": " + why));
     };
     Match echo = f == Family::v4 ? eq(Field::icmp_type, u8_bytes(8)) : eq(Field::icmpv6_type, u8_bytes(128));
     Match echo_proto = l4proto(static_cast<std::uint8_t>(f == Family::v4 ? int{IPPROTO_ICMP} : int{IPPROTO_ICMPV6}));
     if (lp.per_destination.packets_per_second > 0) {
       Limit lim{lp.per_destination.packets_per_second, false, lp.per_destination.packets_per_second, true};
-      std::string set = "vm_" + n + "_dst_pps" + sfx(f);
+      std::string set = std::string("dst_pps") + sfx(f);
       meter(set, lim, {ct_state(kCtNew)},
             "at most " + std::to_string(lim.rate) + " new flows/s per destination " + what);
       meter(set, lim, {ct_state(kCtEstablished), echo_proto, echo}, "pings count against the same meter");
@@ -331,7 +383,7 @@ Chain Compiler::out_chain(const VmNet& vm) const {
     if (lp.per_destination.bits_per_second > 0) {
       std::uint64_t bytes = std::max<std::uint64_t>(1, lp.per_destination.bits_per_second / 8);
       Limit lim{bytes, true, static_cast<std::uint32_t>(std::max<std::uint64_t>(bytes, 1500)), true};
-      std::string set = "vm_" + n + "_dst_bps" + sfx(f);
+      std::string set = std::string("dst_bps") + sfx(f);
       meter(set, lim, {ct_state(kCtNew)},
             "at most " + trust::format_bit_rate(lp.per_destination.bits_per_second) +
                 " of unsolicited traffic per destination " + what);
@@ -413,14 +465,19 @@ Chain Compiler::in_chain(const VmNet& vm) const {
     r.push_back(
         rule({}, {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::other)}}, n + ": shape as everything else"));
     for (Family f : {Family::v4, Family::v6}) {
-      r.push_back(rule({nfproto(f), in_set({saddr(f)}, "vm_" + n + "_client" + sfx(f))},
-                       {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::client)}}, n + ": shape as its client"));
+      for (const auto& p : minimal(of_family(vm.client, f))) {
+        r.push_back(rule({nfproto(f), addr_match(saddr(f), p)},
+                         {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::client)}},
+                         n + ": shape as its client " + p.to_string()));
+      }
     }
   }
   r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, n + ": replies and related"));
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(rule({nfproto(f), in_set({saddr(f)}, "vm_" + n + "_client" + sfx(f))}, {accept()},
-                     n + ": its own client may connect"));
+    for (const auto& p : minimal(of_family(vm.client, f))) {
+      r.push_back(rule({nfproto(f), addr_match(saddr(f), p)}, {accept()},
+                       n + ": its own client " + p.to_string() + " may connect"));
+    }
   }
   if (vm.level == TrustLevel::trusted) {
     r.push_back(rule({}, {accept()}, n + ": trusted: reachable from anywhere"));
@@ -495,35 +552,15 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
   VmParts p;
   const std::string& n = vm.name;
   const trust::LevelPolicy& lp = policy_.level(vm.level);
+  // Its only sets: the holes (prefix . protocol . ports, per-element
+  // timeouts). The client's addresses are in its rules, the meters shared.
   for (Family f : {Family::v4, Family::v6}) {
-    p.sets.push_back(prefix_set("vm_" + n + "_client" + sfx(f), f, vm.client));
-    Set h;
-    h.name = "vm_" + n + "_holes" + sfx(f);
-    h.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service};
-    h.interval = true;
-    h.timeout = true;
+    Set h = holes_set(vm, f);
     for (const auto& hole : holes) {
       if (hole.vm != n) continue;
-      for (auto& e : hole_elements(hole, f, now)) h.elements.push_back(std::move(e));
+      for (auto& e : hole_elements(vm, hole, f, now)) h.elements.push_back(std::move(e));
     }
     p.sets.push_back(std::move(h));
-    for (const char* kind : {"_dst_pps", "_dst_bps"}) {
-      bool used = std::string(kind) == "_dst_pps" ? lp.per_destination.packets_per_second > 0
-                                                  : lp.per_destination.bits_per_second > 0;
-      if (!used) continue;
-      Set meter;
-      meter.name = "vm_" + n + kind + sfx(f);
-      meter.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr};
-      meter.dynamic = true;
-      meter.timeout = true;
-      // The kernel sizes a dynamic set's hash table by `size` up front: 65535
-      // cost about 2 MiB per meter (8 MiB per VM). 4096 destination prefixes
-      // per minute per VM is far more than the per-destination rate lets a
-      // VM use; a VM spraying beyond it still meets its SYN rate and quota.
-      meter.size = 4096;
-      meter.timeout_ms = 60'000;
-      p.sets.push_back(std::move(meter));
-    }
   }
   if (lp.daily_quota_bytes > 0) p.quotas.push_back(QuotaObject{"vm_" + n + "_quota", lp.daily_quota_bytes, 0});
   p.chains = {out_chain(vm), in_chain(vm), host_chain(vm)};
@@ -698,17 +735,14 @@ Plan Compiler::plan_remove_vm(const VmNet& vm) const {
 Plan Compiler::plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const {
   Plan plan;
   for (Family f : {Family::v4, Family::v6}) {
-    auto elems = hole_elements(hole, f, now);
+    auto elems = hole_elements(vm, hole, f, now);
     if (elems.empty()) continue;
     Op o;
     o.kind = Op::Kind::add_elements;
     o.table = opt_.table;
-    o.name = "vm_" + vm.name + "_holes" + sfx(f);
     // The set's layout, so the backend need not ask the kernel for it.
-    o.set.name = o.name;
-    o.set.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service};
-    o.set.interval = true;
-    o.set.timeout = true;
+    o.set = holes_set(vm, f);
+    o.name = o.set.name;
     o.elements = std::move(elems);
     plan.ops.push_back(std::move(o));
   }
@@ -744,8 +778,10 @@ Chain Compiler::tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const {
   clamp({from_tunnel}, "clamp TCP MSS from the tunnel to its MTU " + std::to_string(tunnel.mtu));
   r.push_back(rule({from_tunnel}, {Verdict{Verdict::Kind::ret, ""}}, n + ": from its tunnel: routed normally"));
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(rule({nfproto(f), in_set({daddr(f)}, "vm_" + n + "_client" + sfx(f))},
-                     {Verdict{Verdict::Kind::ret, ""}}, n + ": its own client: direct"));
+    for (const auto& p : minimal(of_family(vm.client, f))) {
+      r.push_back(rule({nfproto(f), addr_match(daddr(f), p)}, {Verdict{Verdict::Kind::ret, ""}},
+                       n + ": its own client: direct (" + p.to_string() + ")"));
+    }
   }
   for (Family f : {Family::v4, Family::v6}) {
     r.push_back(rule({nfproto(f), in_set({daddr(f), Field::l4proto, Field::th_dport}, "vm_" + n + "_holes" + sfx(f))},

@@ -9,9 +9,11 @@
 //     chain input    (hook input,   priority -10): iifname vmap @vm_to_host,
 //                    then drop anything from "sg*" left
 //     shared sets    reserved_*, allow_reserved_*, block_*, closed_ports,
-//                    semi_tcp_*, semi_udp_*
-//     per VM         chains vm_<name>_out / _in / _host, sets
-//                    vm_<name>_client_*, _holes_*, meters, quota vm_<name>_quota
+//                    semi_tcp_*, semi_udp_*, meters dst_pps_* / dst_bps_*
+//                    (keyed by interface . destination prefix)
+//     per VM         chains vm_<name>_out / _in / _host, maps
+//                    vm_<name>_holes_v4/_v6 (hole -> tc class), quota
+//                    vm_<name>_quota; its client's addresses are in its rules
 //   table arp surrogated
 //     chain input: ARP from "sg*" only with the VM's own address and MAC
 #pragma once
@@ -46,6 +48,9 @@ struct Hole {
   std::uint8_t protocol = 0;  // IPPROTO_*; 0 = any protocol
   trust::PortRange ports;     // destination ports (tcp/udp); all for other protocols
   std::int64_t expires = 0;   // unix seconds; the kernel removes it then
+  // Its own tc class (minor under CompileOptions::tc_major) when its
+  // authcert names a rate; 0: the VM's shared "nodes" class.
+  std::uint32_t tc_minor = 0;
 };
 
 // An untrusted VM's GRE tunnel back to its client, as the rules see it.
@@ -64,6 +69,9 @@ struct CompileOptions {
   // qdisc with this tc major.
   bool shaping = true;
   std::uint32_t tc_major = kTcMajorDefault;
+  // Elements of each shared per-destination meter (all VMs together). The
+  // kernel preallocates its hash table by this size (~16 bytes per element).
+  std::uint32_t meter_size = 262'144;
   // GRE tunnels to the client (docs/tunnel.md): the tunnel of an untrusted
   // VM, if it has one up. Consulted on every compile, so a full reinstall
   // (restart, policy reload, repair) keeps the tunnels' rules.
@@ -130,7 +138,10 @@ class Compiler {
   // The tunnel's chain and its dispatch/guard elements (set name -> element).
   void add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tunnel) const;
   [[nodiscard]] std::vector<Set> shared_sets() const;
-  [[nodiscard]] std::vector<SetElement> hole_elements(const Hole& hole, Family family, std::int64_t now) const;
+  [[nodiscard]] Set holes_set(const VmNet& vm, Family f) const;
+  [[nodiscard]] std::uint32_t hole_class(const VmNet& vm, const Hole& hole) const;
+  [[nodiscard]] std::vector<SetElement> hole_elements(const VmNet& vm, const Hole& hole, Family family,
+                                                      std::int64_t now) const;
   [[nodiscard]] Rule drop_rule(const VmNet& vm, std::vector<Match> matches, const std::string& reason,
                                const std::string& why) const;
 

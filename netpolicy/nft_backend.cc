@@ -161,6 +161,7 @@ KeySpec key_spec(KeyType k) {
     case KeyType::inet_service: return {13, 2, 2};
     case KeyType::ifname: return {41, 16, 1};
     case KeyType::ether_addr: return {9, 6, 2};
+    case KeyType::classid: return {23, 4, 1};
   }
   return {0, 0, 0};
 }
@@ -359,6 +360,32 @@ class RuleCompiler {
                       " bytes, the field has " + std::to_string(len) + " (use the *_bytes helpers of ruleset.h)");
   }
 
+  // Loads a set key (one field, or a concatenation) into NFT_REG_1 onwards.
+  Status load_key(const std::vector<Field>& fields, const std::string& set) {
+    if (fields.empty()) return make_error("a lookup in set '" + set + "' has no key");
+    for (Field x : fields) {
+      if (auto st = check_family(x); !st) return st;
+      dependencies(x);
+    }
+    if (fields.size() == 1) {
+      load(fields[0], NFT_REG_1);
+      return {};
+    }
+    std::uint32_t word = 0;
+    for (Field x : fields) {
+      auto sx = field_spec(x);
+      const std::uint32_t reg = word == 0 ? static_cast<std::uint32_t>(NFT_REG_1) : NFT_REG32_00 + word;
+      if (word + round4(sx.len) / 4 > 16) return make_error("concatenation longer than the 64 register bytes");
+      load(x, reg);
+      // nft 1.0.6 converts meta l4proto to network order inside a
+      // concatenated interval lookup; a 1-byte no-op, kept so both
+      // loaders leave the same bytecode.
+      if (x == Field::l4proto && interval_sets_.count(set) != 0) b_.byteorder_hton(reg, 1, 2);
+      word += round4(sx.len) / 4;
+    }
+    return {};
+  }
+
   Status check_family(Field f) {
     auto s = field_spec(f);
     if (family_ == TableFamily::arp) {
@@ -500,23 +527,7 @@ class RuleCompiler {
       case Op::not_in_set:
       case Op::vmap: {
         if (m.set.empty()) return make_error("a set lookup on '" + what + "' names no set");
-        for (Field x : m.fields) dependencies(x);
-        if (m.fields.size() == 1) {
-          load(f, NFT_REG_1);
-        } else {
-          std::uint32_t word = 0;
-          for (Field x : m.fields) {
-            auto sx = field_spec(x);
-            const std::uint32_t reg = word == 0 ? static_cast<std::uint32_t>(NFT_REG_1) : NFT_REG32_00 + word;
-            if (word + round4(sx.len) / 4 > 16) return make_error("concatenation longer than the 64 register bytes");
-            load(x, reg);
-            // nft 1.0.6 converts meta l4proto to network order inside a
-            // concatenated interval lookup; a 1-byte no-op, kept so both
-            // loaders leave the same bytecode.
-            if (x == Field::l4proto && interval_sets_.count(m.set) != 0) b_.byteorder_hton(reg, 1, 2);
-            word += round4(sx.len) / 4;
-          }
-        }
+        if (auto st = load_key(m.fields, m.set); !st) return st;
         b_.lookup(NFT_REG_1, m.set, m.op == Op::not_in_set, m.op == Op::vmap);
         return {};
       }
@@ -614,18 +625,36 @@ class RuleCompiler {
     b_.add(RuleBuilder::make("masq"));
     return {};
   }
+  Status compile_statement(const PriorityMap& p) {
+    if (p.map.empty()) return make_error("meta priority set ... map names no map");
+    if (auto st = load_key(p.fields, p.map); !st) return st;
+    auto e = RuleBuilder::make("lookup");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
+    nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, p.map.c_str());
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_DREG, NFT_REG_1);
+    b_.add(std::move(e));
+    auto set = RuleBuilder::make("meta");
+    nftnl_expr_set_u32(set.get(), NFTNL_EXPR_META_KEY, NFT_META_PRIORITY);
+    nftnl_expr_set_u32(set.get(), NFTNL_EXPR_META_SREG, NFT_REG_1);
+    b_.add(std::move(set));
+    return {};
+  }
   Status compile_statement(const MeterUpdate& u) {
     if (auto st = check_family(u.key); !st) return st;
     auto spec = field_spec(u.key);
     dependencies(u.key);
-    load(u.key, NFT_REG_1);
+    // `iifname . key`: the interface name fills NFT_REG_1 (16 bytes), the
+    // key follows in the next 32-bit register.
+    const std::uint32_t reg = u.by_iifname ? NFT_REG32_00 + 4 : static_cast<std::uint32_t>(NFT_REG_1);
+    if (u.by_iifname) load(Field::iifname, NFT_REG_1);
+    load(u.key, reg);
     const auto bits = static_cast<int>(spec.len * 8);
     if (u.key_prefix_len > 0 && u.key_prefix_len < bits) {
       Bytes mask(spec.len, 0);
       for (int bit = 0; bit < u.key_prefix_len; ++bit) {
         mask[static_cast<std::size_t>(bit / 8)] |= static_cast<std::uint8_t>(0x80U >> static_cast<unsigned>(bit % 8));
       }
-      b_.bitwise(NFT_REG_1, mask);
+      b_.bitwise(reg, mask);
     }
     auto e = RuleBuilder::make("dynset");
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
@@ -751,6 +780,14 @@ Status add_elements_to(nftnl_set* s, const Set& decl, const std::vector<SetEleme
       nftnl_set_elem_set(el.get(), NFTNL_SET_ELEM_KEY_END, hi->data(), static_cast<std::uint32_t>(hi->size()));
     }
     if (!for_delete) {
+      if (decl.data_type) {
+        const auto want = key_spec(*decl.data_type).len;
+        if (e.data.size() != want) {
+          return make_error("an element of map '" + decl.name + "' has a " + std::to_string(e.data.size()) +
+                            "-byte value, the map's value type has " + std::to_string(want));
+        }
+        nftnl_set_elem_set(el.get(), NFTNL_SET_ELEM_DATA, e.data.data(), static_cast<std::uint32_t>(e.data.size()));
+      }
       if (decl.verdict_map) {
         if (e.verdict_chain.empty()) return make_error("an element of map '" + decl.name + "' has no chain");
         nftnl_set_elem_set_u32(el.get(), NFTNL_SET_ELEM_VERDICT, static_cast<std::uint32_t>(NFT_GOTO));
@@ -803,7 +840,7 @@ Result<nft::Set> build_set(TableFamily family, const std::string& table, const S
   auto s = new_set_handle(family, table, decl.name);
   std::uint32_t flags = 0;
   if (decl.interval) flags |= NFT_SET_INTERVAL;
-  if (decl.verdict_map) flags |= NFT_SET_MAP;
+  if (decl.verdict_map || decl.data_type) flags |= NFT_SET_MAP;
   if (decl.timeout) flags |= NFT_SET_TIMEOUT;
   if (decl.dynamic) flags |= NFT_SET_EVAL;
   if (layout->concat && decl.interval) flags |= NFT_SET_CONCAT;  // the kernel wants it only with intervals (pipapo)
@@ -821,6 +858,9 @@ Result<nft::Set> build_set(TableFamily family, const std::string& table, const S
   if (decl.verdict_map) {
     nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, NFT_DATA_VERDICT);
     nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, 0);
+  } else if (decl.data_type) {
+    nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, key_spec(*decl.data_type).type_id);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, key_spec(*decl.data_type).len);
   }
   // nft gives dynamic sets a size of 65535 when none is set; do the same.
   const std::uint32_t size = decl.size != 0 ? decl.size : (decl.dynamic ? 65535U : 0U);
@@ -837,6 +877,7 @@ Result<nft::Set> build_set(TableFamily family, const std::string& table, const S
   // The key byte order helps `nft list` print values of integer-based types.
   nft::UdataBuf ud(nftnl_udata_buf_alloc(64));
   nftnl_udata_put_u32(ud.get(), NFTNL_UDATA_SET_KEYBYTEORDER, layout->concat ? 0 : key_spec(decl.key[0]).byteorder);
+  if (decl.data_type) nftnl_udata_put_u32(ud.get(), NFTNL_UDATA_SET_DATABYTEORDER, key_spec(*decl.data_type).byteorder);
   nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(ud.get()), nftnl_udata_buf_len(ud.get()));
   return s;
 }
@@ -1290,6 +1331,13 @@ Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table,
   decl.dynamic = (flags & NFT_SET_EVAL) != 0;
   decl.verdict_map = (flags & NFT_SET_MAP) != 0 && nftnl_set_is_set(found.get(), NFTNL_SET_DATA_TYPE) &&
                      nftnl_set_get_u32(found.get(), NFTNL_SET_DATA_TYPE) == NFT_DATA_VERDICT;
+  if ((flags & NFT_SET_MAP) != 0 && !decl.verdict_map) {
+    const std::uint32_t data = nftnl_set_get_u32(found.get(), NFTNL_SET_DATA_TYPE);
+    if (data != key_spec(KeyType::classid).type_id) {
+      return make_error("map " + name + " has value type id " + std::to_string(data) + ", unknown to this backend");
+    }
+    decl.data_type = KeyType::classid;
+  }
   // Concatenated type ids are 6 bits each, the first part in the highest bits.
   std::uint32_t type = nftnl_set_get_u32(found.get(), NFTNL_SET_KEY_TYPE);
   std::vector<KeyType> key;

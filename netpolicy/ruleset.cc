@@ -365,7 +365,7 @@ std::string verdict_text(const Verdict& v) {
 }
 
 std::string meter_key_text(const MeterUpdate& u) {
-  std::string s = selector(u.key);
+  std::string s = (u.by_iifname ? "iifname . " : "") + selector(u.key);
   const bool v6 = u.key == Field::ip6_saddr || u.key == Field::ip6_daddr;
   const bool v4 = u.key == Field::ip_saddr || u.key == Field::ip_daddr || u.key == Field::arp_sip;
   const int bits = v6 ? 128 : 32;
@@ -405,6 +405,11 @@ struct StatementText {
   }
   std::string operator()(const MssSet& m) const { return "tcp option maxseg size set " + std::to_string(m.mss); }
   std::string operator()(const Masquerade&) const { return "masquerade"; }
+  std::string operator()(const PriorityMap& p) const {
+    std::string key;
+    for (std::size_t i = 0; i < p.fields.size(); ++i) key += (i > 0 ? " . " : "") + selector(p.fields[i]);
+    return "meta priority set " + key + " map @" + p.map;
+  }
 };
 
 const char* key_type_name(KeyType k) {
@@ -415,8 +420,21 @@ const char* key_type_name(KeyType k) {
     case KeyType::inet_service: return "inet_service";
     case KeyType::ifname: return "ifname";
     case KeyType::ether_addr: return "ether_addr";
+    case KeyType::classid: return "classid";
   }
   return "?";
+}
+
+// A map's value: a tc class as nft prints it ("53:2a").
+std::string data_text(KeyType k, const Bytes& v) {
+  if (k == KeyType::classid && v.size() == 4) {
+    std::uint32_t x = 0;
+    std::memcpy(&x, v.data(), 4);
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%x:%x", x >> 16U, x & 0xffffU);
+    return buf;
+  }
+  return hex_bytes(v);
 }
 
 Field key_field(KeyType k) {
@@ -427,6 +445,7 @@ Field key_field(KeyType k) {
     case KeyType::inet_service: return Field::th_dport;
     case KeyType::ifname: return Field::iifname;
     case KeyType::ether_addr: return Field::ether_saddr;
+    case KeyType::classid: return Field::meta_mark;
   }
   return Field::ip_daddr;
 }
@@ -473,7 +492,8 @@ std::string duration_text(std::uint64_t ms) {
   return s.empty() ? "0s" : s;
 }
 
-std::string element_text(const std::vector<KeyType>& key, const SetElement& e) {
+std::string element_text(const std::vector<KeyType>& key, const SetElement& e,
+                         std::optional<KeyType> data_type = std::nullopt) {
   std::string s;
   for (std::size_t i = 0; i < e.key.size(); ++i) {
     if (i > 0) s += " . ";
@@ -482,14 +502,16 @@ std::string element_text(const std::vector<KeyType>& key, const SetElement& e) {
   if (e.timeout_ms) s += " timeout " + duration_text(*e.timeout_ms);
   if (!e.comment.empty()) s += " comment \"" + nft_string(e.comment, 127) + "\"";
   if (!e.verdict_chain.empty()) s += " : goto " + e.verdict_chain;
+  if (!e.data.empty()) s += " : " + data_text(data_type.value_or(KeyType::classid), e.data);
   return s;
 }
 
-std::string elements_text(const std::vector<KeyType>& key, const std::vector<SetElement>& elements) {
+std::string elements_text(const std::vector<KeyType>& key, const std::vector<SetElement>& elements,
+                          std::optional<KeyType> data_type = std::nullopt) {
   std::string s = "{ ";
   for (std::size_t i = 0; i < elements.size(); ++i) {
     if (i > 0) s += ", ";
-    s += element_text(key, elements[i]);
+    s += element_text(key, elements[i], data_type);
   }
   return s + " }";
 }
@@ -521,6 +543,7 @@ std::vector<std::string> set_decl_lines(const Set& s) {
     type += key_type_name(s.key[i]);
   }
   if (s.verdict_map) type += " : verdict";
+  if (s.data_type) type += std::string(" : ") + key_type_name(*s.data_type);
   lines.push_back(type);
   if (s.size != 0) lines.push_back("size " + std::to_string(s.size));
   std::string flags;
@@ -543,7 +566,7 @@ std::string quota_body(const QuotaObject& q) {
   return s;
 }
 
-std::string set_keyword(const Set& s) { return s.verdict_map ? "map" : "set"; }
+std::string set_keyword(const Set& s) { return s.verdict_map || s.data_type ? "map" : "set"; }
 
 std::string one_line_set(const Set& s) {
   std::string body;
@@ -592,7 +615,7 @@ std::string to_nft_text(const Table& t) {
     separate();
     s += "\t" + set_keyword(set) + " " + set.name + " {\n";
     for (const auto& l : set_decl_lines(set)) s += "\t\t" + l + "\n";
-    if (!set.elements.empty()) s += "\t\telements = " + elements_text(set.key, set.elements) + "\n";
+    if (!set.elements.empty()) s += "\t\telements = " + elements_text(set.key, set.elements, set.data_type) + "\n";
     s += "\t}\n";
   }
   for (const auto& c : t.chains) {
@@ -618,19 +641,21 @@ std::string to_nft_text(const Plan& p) {
       case Op::Kind::add_set:
         s += "add " + set_keyword(op.set) + " " + where + " " + op.set.name + " " + one_line_set(op.set) + "\n";
         if (!op.set.elements.empty()) {
-          s += "add element " + where + " " + op.set.name + " " + elements_text(op.set.key, op.set.elements) + "\n";
+          s += "add element " + where + " " + op.set.name + " " +
+               elements_text(op.set.key, op.set.elements, op.set.data_type) + "\n";
         }
         break;
       case Op::Kind::delete_set: s += "delete set " + where + " " + op.name + "\n"; break;
       case Op::Kind::add_elements:
         if (!op.elements.empty()) {
-          s += "add element " + where + " " + op.name + " " + elements_text(op.set.key, op.elements) + "\n";
+          s += "add element " + where + " " + op.name + " " + elements_text(op.set.key, op.elements, op.set.data_type) +
+               "\n";
         }
         break;
       case Op::Kind::delete_elements: {
         // Deleting takes only the keys.
         std::vector<SetElement> keys;
-        for (const auto& e : op.elements) keys.push_back(SetElement{e.key, {}, std::nullopt, {}});
+        for (const auto& e : op.elements) keys.push_back(SetElement{e.key, {}, {}, std::nullopt, {}});
         if (!keys.empty())
           s += "delete element " + where + " " + op.name + " " + elements_text(op.set.key, keys) + "\n";
         break;

@@ -135,13 +135,24 @@ struct MeterUpdate {
   Field key = Field::ip_daddr;
   int key_prefix_len = 0;  // the key is the field masked to this many bits
   Limit limit;
+  // Key `iifname . <field>`: one meter set shared by every VM, each VM's
+  // elements apart (the kernel finds sets by name in a list, so per-VM sets
+  // would make every change cost more with every VM).
+  bool by_iifname = false;
+};
+// `meta priority set <fields> map @map`: the tc class is the value the
+// packet's key maps to; no match (no element) ends the rule, like a failed
+// set lookup, so the rule both checks and classifies.
+struct PriorityMap {
+  std::vector<Field> fields;
+  std::string map;
 };
 struct Verdict {
   enum class Kind : std::uint8_t { accept, drop, jump, go_to, ret } kind = Kind::accept;
   std::string chain;  // jump / goto
 };
 using Statement = std::variant<Counter, Log, Limit, QuotaRef, CtMarkSet, PrioritySet, MeterUpdate, Verdict, MarkSet,
-                               MssSet, Masquerade>;
+                               MssSet, Masquerade, PriorityMap>;
 
 struct Rule {
   std::vector<Match> matches;
@@ -163,7 +174,8 @@ struct Chain {
   std::vector<Rule> rules;
 };
 
-enum class KeyType : std::uint8_t { ipv4_addr, ipv6_addr, inet_proto, inet_service, ifname, ether_addr };
+// classid: only as the value type of a map (a tc class, host byte order).
+enum class KeyType : std::uint8_t { ipv4_addr, ipv6_addr, inet_proto, inet_service, ifname, ether_addr, classid };
 
 struct SetElement {
   // One part per key type. A part is a single value or an inclusive range
@@ -174,6 +186,7 @@ struct SetElement {
   };
   std::vector<Part> key;
   std::string verdict_chain;                // maps of verdicts: goto this chain
+  Bytes data;                               // maps of values: the value (data_type's width)
   std::optional<std::uint64_t> timeout_ms;  // per-element timeout (kernel removes it)
   std::string comment;
 };
@@ -182,10 +195,11 @@ struct Set {
   std::string name;
   std::vector<KeyType> key;
   bool interval = false;
-  bool timeout = false;      // elements may carry timeouts
-  bool dynamic = false;      // updated from the packet path (meters)
-  bool verdict_map = false;  // a map of key -> verdict (goto chain)
-  std::uint32_t size = 0;    // dynamic sets: maximum number of elements
+  bool timeout = false;              // elements may carry timeouts
+  bool dynamic = false;              // updated from the packet path (meters)
+  bool verdict_map = false;          // a map of key -> verdict (goto chain)
+  std::optional<KeyType> data_type;  // a map of key -> value of this type (classid)
+  std::uint32_t size = 0;            // dynamic sets: maximum number of elements
   // Default element timeout. Meters need one: a full dynamic set stops
   // adding elements, and a meter that cannot add its element never fires.
   std::optional<std::uint64_t> timeout_ms;

@@ -166,6 +166,29 @@ TEST_F(EnforcementTest, TrustedReachesAnythingButTheGuardrails) {
   EXPECT_GE(t.drop_counter(vm + " blocked"), 2U);
 }
 
+// The per-destination meters are shared sets keyed by the VM's interface
+// and the destination prefix: one VM's flood uses up its own allowance for
+// that destination, never another VM's.
+TEST_F(EnforcementTest, PerDestinationMeterLimitsEachVmOnItsOwn) {
+  std::string flooder = allocate(trusted_key_);
+  std::string other = allocate(trusted_key_);
+  auto& t = *topo_;
+  t.reset_sensors();
+  // 1,000 new UDP flows within milliseconds to one /24; trusted allows 100/s
+  // per destination (burst 100).
+  t.in_guest(flooder, {sgprobe_bin(), "udp-spray", t.internet.v4, "20000", "1000"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::uint64_t after_flood = t.sensor(t.internet.ns);
+  EXPECT_GE(after_flood, 50U);
+  EXPECT_LE(after_flood, 300U) << "the meter let most of the flood through";
+  EXPECT_GE(t.drop_counter(flooder + " dest-rate"), 700U);
+  // The other VM, to the same destination at once: all of its flows pass.
+  t.in_guest(other, {sgprobe_bin(), "udp-spray", t.internet.v4, "20000", "50"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(t.sensor(t.internet.ns) - after_flood, 50U);
+  EXPECT_EQ(t.drop_counter(other + " dest-rate"), 0U);
+}
+
 TEST_F(EnforcementTest, SpoofedSourceAddressAndMacAreDropped) {
   std::string vm = allocate(trusted_key_);
   auto& t = *topo_;

@@ -46,7 +46,9 @@ inline Rule rule(std::vector<Match> m, std::vector<Statement> s, std::string com
 }
 
 inline SetElement::Part part(Bytes v, Bytes hi = {}) { return SetElement::Part{std::move(v), std::move(hi)}; }
-inline SetElement elem(std::vector<SetElement::Part> key) { return SetElement{std::move(key), "", std::nullopt, ""}; }
+inline SetElement elem(std::vector<SetElement::Part> key) {
+  return SetElement{std::move(key), "", {}, std::nullopt, ""};
+}
 
 // 52:54:00:00:00:03, the MAC of VM 3.
 inline Bytes vm_mac() { return mac_bytes("52:54:00:00:00:03"); }
@@ -99,7 +101,24 @@ inline Table inet_table(const std::string& name = "surrogated") {
   SetElement m1 = elem({part(ifname_bytes("sg3"))});
   m1.verdict_chain = "vm_sg3_out";
   from_vm.elements = {m1};
-  t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, macs, ifs, protos, ports, from_vm};
+  // A meter shared by all VMs, each VM's elements apart (iifname . prefix).
+  Set meter_if{"dst_pps_v4", {KeyType::ifname, KeyType::ipv4_addr}, false, true, true};
+  meter_if.size = 4096;
+  meter_if.timeout_ms = 60000;
+  // Holes as a map to their tc class (meta priority set ... map).
+  Set hole_map{"vm_sg3_holes_v4", {KeyType::ipv4_addr, KeyType::inet_proto, KeyType::inet_service}, true, true};
+  hole_map.data_type = KeyType::classid;
+  SetElement hm1 = elem(
+      {part(addr("198.51.100.0"), addr("198.51.100.255")), part(u8_bytes(6)), part(be16_bytes(80), be16_bytes(90))});
+  hm1.timeout_ms = 5400000;
+  hm1.comment = "hole 7";
+  hm1.data = host32_bytes((0x53U << 16U) | 0xeU);
+  SetElement hm2 = elem({part(addr("203.0.113.7"), addr("203.0.113.7")), part(u8_bytes(17), u8_bytes(17)),
+                         part(be16_bytes(53), be16_bytes(53))});
+  hm2.data = host32_bytes((0x53U << 16U) | 0x8000U);
+  hole_map.elements = {hm1, hm2};
+  t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, meter_if,
+            hole_map,    macs,        ifs,      protos,   ports,    from_vm};
 
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, -10, false}, {}};
   forward.rules = {
@@ -129,6 +148,11 @@ inline Table inet_table(const std::string& name = "surrogated") {
            {MeterUpdate{"meter_v4", Field::ip_daddr, 24, Limit{2, false, 2, true}}, drop()}, "sg3: SYN rate"),
       rule({masked_eq(Field::tcp_flags, u8_bytes(kTcpSyn), u8_bytes(kTcpSyn | kTcpAck))},
            {MeterUpdate{"meter_v6", Field::ip6_daddr, 64, Limit{2, false, 2, true}}, drop()}),
+      rule({eq(Field::ct_state, host32_bytes(kCtNew))},
+           {MeterUpdate{"dst_pps_v4", Field::ip_daddr, 24, Limit{5, false, 5, true}, true}, drop()},
+           "sg3: new flows per destination /24, shared meter"),
+      rule({}, {PriorityMap{{Field::ip_daddr, Field::l4proto, Field::th_dport}, "vm_sg3_holes_v4"}, accept()},
+           "sg3: authorized nodes, each in its tc class"),
       rule({eq(Field::tcp_flags, u8_bytes(kTcpSyn))}, {Limit{10, false, 5, true}, drop()}),
       rule({any_bits(Field::tcp_flags, u8_bytes(kTcpRst | kTcpFin))}, {accept()}),
       rule({eq(Field::icmp_type, u8_bytes(8))}, {Limit{1280000, true, 1000, true}, drop()}),

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "netpolicy/compile.h"
 #include "trust/parse.h"
@@ -75,14 +76,57 @@ TEST(CompileShaping, ChainsSelectTheVmsClasses) {
   EXPECT_EQ(priority_of(out.rules[index_of(out, "shape as everything else")]),
             tc_handle(kTcMajorDefault, 3, FlowClass::other));
   EXPECT_EQ(priority_of(out.rules[index_of(out, "its own client")]), tc_handle(kTcMajorDefault, 3, FlowClass::client));
-  EXPECT_EQ(priority_of(out.rules[index_of(out, "nodes that signed")]),
-            tc_handle(kTcMajorDefault, 3, FlowClass::nodes));
+  // Authorized nodes: the hole map gives each hole its class.
+  const Rule& nodes = out.rules[index_of(out, "nodes that signed")];
+  const auto* lookup = std::get_if<PriorityMap>(&nodes.statements.at(0));
+  ASSERT_NE(lookup, nullptr) << to_nft_text(nodes);
+  EXPECT_EQ(lookup->map, "vm_sg3_holes_v4");
+  EXPECT_EQ(to_nft_text(nodes),
+            "meta nfproto ipv4 meta priority set ip daddr . meta l4proto . th dport map @vm_sg3_holes_v4 accept "
+            "comment \"sg3: nodes that signed an authcert for this client, each in its class\"");
   // The default class is set before anything can accept the packet.
   EXPECT_LT(index_of(out, "shape as everything else"), index_of(out, "its own client"));
   const Chain& in = chain(rs, "vm_sg3_in");
   EXPECT_EQ(index_of(in, "shape as everything else"), 0);
   EXPECT_LT(index_of(in, "shape as its client"), index_of(in, "replies and related"));
   EXPECT_NE(to_nft_text(in).find("meta priority set 53:d"), std::string::npos) << to_nft_text(in);
+}
+
+const Set& set_of(const Ruleset& rs, const std::string& name) {
+  for (const auto& s : rs.tables[0].sets) {
+    if (s.name == name) return s;
+  }
+  ADD_FAILURE() << "no set " << name;
+  static Set none;
+  return none;
+}
+
+std::uint32_t data_of(const SetElement& e) {
+  EXPECT_EQ(e.data.size(), 4U);
+  std::uint32_t x = 0;
+  std::memcpy(&x, e.data.data(), std::min<std::size_t>(4, e.data.size()));
+  return x;
+}
+
+TEST(CompileShaping, EachHoleMapsToItsClassOrTheSharedNodesClass) {
+  auto p = policy();
+  Compiler c(p, CompileOptions{});
+  Hole rated{7, "sg3", *Prefix::parse("203.0.113.9"), 6, {443, 443}, 0, 0x8007};
+  Hole plain{8, "sg3", *Prefix::parse("203.0.113.10"), 0, {}, 0, 0};
+  auto rs = c.compile({vm3()}, {rated, plain}, 0);
+  const Set& holes = set_of(rs, "vm_sg3_holes_v4");
+  ASSERT_TRUE(holes.data_type.has_value());
+  EXPECT_EQ(*holes.data_type, KeyType::classid);
+  ASSERT_EQ(holes.elements.size(), 2U);
+  EXPECT_EQ(data_of(holes.elements[0]), tc_handle(kTcMajorDefault, 0x8007));
+  EXPECT_EQ(data_of(holes.elements[1]), tc_handle(kTcMajorDefault, 3, FlowClass::nodes));
+  // The plan that opens one hole carries the map's layout and the class.
+  auto plan = c.plan_add_hole(vm3(), rated, 0);
+  ASSERT_EQ(plan.ops.size(), 1U);
+  EXPECT_EQ(plan.ops[0].set.data_type, KeyType::classid);
+  EXPECT_EQ(data_of(plan.ops[0].elements.at(0)), tc_handle(kTcMajorDefault, 0x8007));
+  EXPECT_NE(to_nft_text(plan).find("203.0.113.9 . tcp . 443 comment \"hole 7\" : 53:8007"), std::string::npos)
+      << to_nft_text(plan);
 }
 
 TEST(CompileShaping, OffMeansNoPriorityStatements) {
@@ -92,6 +136,7 @@ TEST(CompileShaping, OffMeansNoPriorityStatements) {
   Compiler c(p, o);
   auto text = to_nft_text(c.compile({vm3()}, {}, 0));
   EXPECT_EQ(text.find("meta priority"), std::string::npos);
+  EXPECT_EQ(text.find("classid"), std::string::npos) << "without shaping the holes are a plain set";
 }
 
 }  // namespace
