@@ -25,6 +25,7 @@ std::uint32_t tc_handle(std::uint32_t major, std::int64_t vm_id, FlowClass fc) {
 }
 
 std::optional<TcSlot> tc_slot_of(std::uint32_t minor) {
+  if (tc_is_hole_minor(minor)) return std::nullopt;
   std::uint32_t index = minor / kClassesPerVm;
   if (index == 0 || index > static_cast<std::uint32_t>(kTcVmIndices)) return std::nullopt;
   return TcSlot{index, static_cast<FlowClass>(minor % kClassesPerVm)};
@@ -49,29 +50,52 @@ std::vector<TcClass> tc_vm_classes(std::uint32_t major, const VmShaping& vm, std
   std::vector<TcClass> out;
   const std::uint32_t parent = tc_handle(major, vm.vm_id, FlowClass::vm);
   out.push_back(TcClass{parent, root.handle, cap, cap});
-  // Guarantees: half for the client (the VM's owner must always reach it),
-  // a quarter each for nodes and everything else; all may borrow up to the cap.
-  out.push_back(TcClass{tc_handle(major, vm.vm_id, FlowClass::client), parent, share(cap / 2), cap});
-  std::uint64_t nodes_rate = share(cap / 4);
-  std::uint64_t nodes_ceil = cap;
-  std::uint64_t named = 0;
-  for (std::uint64_t r : vm.hole_rates) named += r;
-  if (named > 0) {
-    // Authcerts that name a rate get exactly that, within the VM's cap.
-    nodes_ceil = std::min(cap, named);
-    nodes_rate = share(nodes_ceil);
+  // Rated authcerts first: their guarantees come out of the VM's cap (HTB
+  // grants every class its rate, so the children's rates must fit in the
+  // parent's). Together they may take at most half of it; beyond that they
+  // are scaled down, their ceilings stay at their rates.
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> holes;  // minor, rate
+  std::uint64_t holes_total = 0;
+  for (const auto& h : vm.hole_classes) {
+    if (!tc_is_hole_minor(h.minor) || h.rate == 0) continue;
+    const std::uint64_t r = share(std::min(h.rate, cap));
+    holes.emplace_back(h.minor, r);
+    holes_total += r;
   }
-  std::uint64_t other_rate = share(cap / 4);
+  const std::uint64_t holes_budget = std::min(holes_total, cap / 2);
+  const std::uint64_t rest = cap - holes_budget;
+  // Guarantees of the rest: half for the client (the VM's owner must always
+  // reach it), a quarter each for nodes and everything else; all may borrow
+  // up to the cap.
+  out.push_back(TcClass{tc_handle(major, vm.vm_id, FlowClass::client), parent, share(rest / 2), cap});
+  std::uint64_t nodes_rate = share(rest / 4);
+  std::uint64_t nodes_ceil = cap;
+  std::uint64_t other_rate = share(rest / 4);
   std::uint64_t other_ceil = cap;
-  if (vm.throttle) {
-    const std::uint64_t t = std::max(std::min(*vm.throttle, cap), kTcMinRate);
-    nodes_ceil = std::min(nodes_ceil, t);
+  std::optional<std::uint64_t> throttle;
+  if (vm.throttle) throttle = std::max(std::min(*vm.throttle, cap), kTcMinRate);
+  if (throttle) {
+    nodes_ceil = std::min(nodes_ceil, *throttle);
     nodes_rate = std::min(nodes_rate, nodes_ceil);
-    other_ceil = t;
-    other_rate = std::min(other_rate, t);
+    other_ceil = *throttle;
+    other_rate = std::min(other_rate, *throttle);
   }
   out.push_back(TcClass{tc_handle(major, vm.vm_id, FlowClass::nodes), parent, nodes_rate, nodes_ceil});
   out.push_back(TcClass{tc_handle(major, vm.vm_id, FlowClass::other), parent, other_rate, other_ceil});
+  // Each rated authcert: its rate as ceiling, and as guarantee while they
+  // all fit in their budget, whatever the VM's other traffic does.
+  for (const auto& [minor, r] : holes) {
+    std::uint64_t ceil = r;
+    std::uint64_t rate =
+        holes_total > holes_budget
+            ? share(static_cast<std::uint64_t>(static_cast<long double>(r) * holes_budget / holes_total))
+            : r;
+    if (throttle) {
+      ceil = std::min(ceil, *throttle);
+      rate = std::min(rate, ceil);
+    }
+    out.push_back(TcClass{tc_handle(major, minor), parent, rate, ceil});
+  }
   if (ceiling && *ceiling > 0) {
     // HTB always grants a class its rate, whatever its parent's ceil: for the
     // owner's ceiling to hold, every class below it guarantees only the

@@ -10,6 +10,9 @@
 //       MAJOR:4i+1     traffic to / from its own client
 //       MAJOR:4i+2     traffic to / from authorized nodes (holes)
 //       MAJOR:4i+3     everything else
+//       MAJOR:m        an authorized node whose authcert names a rate: its
+//                      own class at that rate (m from 0x8000 up, one per
+//                      authcert, allocated when the authcert is submitted)
 //
 // nftables selects the leaf with `meta priority set MAJOR:MINOR`; HTB reads
 // skb->priority when its major equals the qdisc's, so no tc filter is needed.
@@ -29,10 +32,16 @@ enum class FlowClass : std::uint8_t { vm = 0, client = 1, nodes = 2, other = 3 }
 // The tc major number of the daemon's HTB qdiscs ("53:" in tc output).
 inline constexpr std::uint32_t kTcMajorDefault = 0x53;
 inline constexpr std::uint32_t kTcRootMinor = 1;
-// Minors are 16 bits and each VM takes 4 of them: 16382 VM indices. VM ids
+// Minors are 16 bits. Each VM takes 4 below 0x8000: 8190 VM indices. VM ids
 // above that wrap around; two VMs alive at the same time whose ids differ by
 // a multiple of kTcVmIndices would share classes, which the shaper refuses.
-inline constexpr std::int64_t kTcVmIndices = 16382;
+inline constexpr std::int64_t kTcVmIndices = 8190;
+// Minors of the classes of rated authcerts (one per authcert, all VMs).
+inline constexpr std::uint32_t kTcHoleMinorFirst = 0x8000;
+inline constexpr std::uint32_t kTcHoleMinorLast = 0xfffe;
+[[nodiscard]] inline bool tc_is_hole_minor(std::uint32_t minor) {
+  return minor >= kTcHoleMinorFirst && minor <= kTcHoleMinorLast;
+}
 // Rate of the root class when the owner set no ceiling: unshaped in practice.
 inline constexpr std::uint64_t kTcUnlimited = 10'000'000'000ULL;
 // The lowest rate a class is ever given: HTB needs a non-zero rate, and a
@@ -66,8 +75,14 @@ struct VmShaping {
   std::int64_t vm_id = 0;
   std::string name;
   std::uint64_t cap = 0;  // LevelPolicy.egress_bits_per_second; 0: only the ceiling
-  // Rates of the VM's open holes, when their authcert names one (0: none).
-  std::vector<std::uint64_t> hole_rates;
+  // One class per open authcert that names a rate (holes without a rate
+  // share the VM's "nodes" class).
+  struct HoleClass {
+    std::uint32_t minor = 0;
+    std::uint64_t rate = 0;  // bits per second, from the authcert
+    friend bool operator==(const HoleClass&, const HoleClass&) = default;
+  };
+  std::vector<HoleClass> hole_classes;
   // Quota throttle: the rate at which the rest of today's quota lasts until
   // midnight UTC. Applies to what the quota counts (nodes and other), never to
   // the client.
@@ -76,7 +91,8 @@ struct VmShaping {
 
 // The root class: the owner's ceiling (all VMs together) or kTcUnlimited.
 [[nodiscard]] TcClass tc_root_class(std::uint32_t major, std::optional<std::uint64_t> ceiling);
-// A VM's four classes, the VM class first (parents before children).
+// A VM's four classes, the VM class first (parents before children), then
+// one class per rated authcert.
 [[nodiscard]] std::vector<TcClass> tc_vm_classes(std::uint32_t major, const VmShaping& vm,
                                                  std::optional<std::uint64_t> ceiling);
 

@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "common/timeutil.h"
+#include "netpolicy/tc_plan.h"
 
 namespace sg {
 
@@ -21,6 +22,7 @@ std::vector<HoleRecord> holes_for(const certs::VerifiedAuthcert& cert, const VmR
     h.origin = "authcert";
     h.authcert_id = c.id;
     h.created = now;
+    h.rate_bps = c.rate_kbit ? *c.rate_kbit * 1000 : 0;
     return h;
   };
   for (auto proto : c.protocols) {
@@ -107,6 +109,21 @@ Result<SubmittedAuthcert> AuthcertService::submit(const VmRecord& vm, std::strin
   auto holes = holes_for(*cert, vm, now);
   if (holes.empty() || holes.front().expires <= now) {
     return reject(make_error("expired: the authcert ends before it could be used"));
+  }
+  if (holes.front().rate_bps > 0) {
+    // A rate of its own: one tc class for all of this authcert's holes.
+    auto used = store_.used_hole_minors(now);
+    if (!used) return used.error();
+    std::uint32_t minor = netpolicy::kTcHoleMinorFirst;
+    for (std::uint32_t u : *used) {
+      if (u == minor) ++minor;
+    }
+    if (minor > netpolicy::kTcHoleMinorLast) {
+      log::warning("shaping: every tc class for rated authcerts is in use; authcert " + cert->id() +
+                   " shares the VM's nodes class");
+      minor = 0;
+    }
+    for (auto& h : holes) h.tc_minor = minor;
   }
   for (auto& h : holes) {
     if (auto st = store_.insert_hole(h); !st) return st.error();

@@ -59,6 +59,9 @@ void print_vm(const nlohmann::json& v) {
                        rate(cls.value("other", nlohmann::json::object()), "ceil_bps") + ")";
     if (sh.value("ceiling_bps", std::uint64_t{0}) > 0) caps += "; all VMs " + rate(sh, "ceiling_bps");
     line("Cap", caps);
+    for (const auto& c : sh.value("authcert_classes", nlohmann::json::array())) {
+      line("Node class", c.value("class", "") + " at " + rate(c, "ceil_bps") + " (a rated authcert)");
+    }
     for (const auto& [label, key] :
          {std::pair{"Rate out", "egress_rate_bps"}, std::pair{"Rate in", "ingress_rate_bps"}}) {
       const auto r = sh.value(key, nlohmann::json::object());

@@ -102,6 +102,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
     if (auto st = d->shaper_->install_all(); !st) return with_context("cannot set up traffic shaping", st.error());
     d->vms_->add_observer(d->shaper_.get());
     d->sources_.push_back(d->shaper_.get());
+    // A rated authcert's class exists before its hole's element names it.
+    d->enforcer_->set_hole_shaping([sh = d->shaper_.get()](const VmRecord& vm) { return sh->refresh_holes(vm); });
   }
   log::info("trust policy " + d->cfg_.trust_policy + " loaded (version " + d->policy_->version.substr(0, 19) + ")");
   return d;

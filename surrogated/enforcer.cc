@@ -55,6 +55,7 @@ std::optional<netpolicy::Hole> Enforcer::hole_of(const HoleRecord& h) {
   out.protocol = static_cast<std::uint8_t>(h.protocol);
   out.ports = trust::PortRange{static_cast<std::uint16_t>(h.port_first), static_cast<std::uint16_t>(h.port_last)};
   out.expires = h.expires;
+  out.tc_minor = h.tc_minor;
   return out;
 }
 
@@ -117,6 +118,9 @@ Status Enforcer::add_hole(const VmRecord& vm, const HoleRecord& hole) {
   auto it = installed_.find(vm.name);
   auto h = hole_of(hole);
   if (it == installed_.end() || !h) return make_error("VM " + vm.name + " has no rules installed");
+  if (hole_shaping_) {
+    if (auto st = hole_shaping_(vm); !st) return with_context("traffic shaping for the hole", st.error());
+  }
   netpolicy::Compiler compiler(*policy_, opt_);
   return apply(compiler.plan_add_hole(it->second, *h, now_unix()));
 }
@@ -131,6 +135,9 @@ Status Enforcer::add_holes(const VmRecord& vm, const std::vector<HoleRecord>& ho
     if (!h) return make_error("hole destination '" + hole.destination + "' is not a prefix");
     plan.append(compiler.plan_add_hole(it->second, *h, now_unix()));
   }
+  if (hole_shaping_) {
+    if (auto st = hole_shaping_(vm); !st) return with_context("traffic shaping for the holes", st.error());
+  }
   return apply(plan);
 }
 
@@ -139,7 +146,10 @@ Status Enforcer::remove_hole(const VmRecord& vm, const HoleRecord& hole) {
   auto h = hole_of(hole);
   if (it == installed_.end() || !h) return {};
   netpolicy::Compiler compiler(*policy_, opt_);
-  return apply(compiler.plan_remove_hole(it->second, *h, now_unix()));
+  if (auto st = apply(compiler.plan_remove_hole(it->second, *h, now_unix())); !st) return st;
+  // The caller marks the hole removed in the store afterwards; the shaper's
+  // tick then drops a class no open hole names any more.
+  return {};
 }
 
 Status Enforcer::update_block_list(std::shared_ptr<const trust::Policy> policy) {

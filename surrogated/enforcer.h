@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -41,6 +42,11 @@ class Enforcer final : public VmObserver, public EventSource {
   // Several holes of one VM in one transaction (an authcert's protocols and ports).
   Status add_holes(const VmRecord& vm, const std::vector<HoleRecord>& holes);
   Status remove_hole(const VmRecord& vm, const HoleRecord& hole);
+  // Traffic shaping's part of a hole change (the shaper's refresh_holes):
+  // called before a hole's element goes in, so the tc class it names
+  // exists first, and again after one is removed.
+  using HoleShaping = std::function<Status(const VmRecord&)>;
+  void set_hole_shaping(HoleShaping f) { hole_shaping_ = std::move(f); }
   Status update_block_list(std::shared_ptr<const trust::Policy> policy);
 
   // nft text of one VM's rules, or of the whole ruleset when vm is empty.
@@ -75,6 +81,7 @@ class Enforcer final : public VmObserver, public EventSource {
   std::map<std::string, netpolicy::VmNet> installed_;
   std::uint64_t repairs_ = 0;
   LatencyHistogram apply_latency_;
+  HoleShaping hole_shaping_;
   // backend_.apply(), timed into apply_latency_.
   Status apply(const netpolicy::Plan& plan);
 };

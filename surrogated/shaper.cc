@@ -1,7 +1,9 @@
 #include "surrogated/shaper.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <set>
 
 #include "common/log.h"
 #include "common/timeutil.h"
@@ -74,9 +76,16 @@ netpolicy::VmShaping Shaper::shaping_of(const VmRecord& vm) const {
   s.name = vm.name;
   auto level = trust::parse_trust_level(vm.trust_level).value_or(trust::TrustLevel::untrusted);
   if (policy_) s.cap = policy_->level(level).egress_bits_per_second;
-  // Holes carry no rate of their own yet (HoleRecord has none): the nodes
-  // class then shares the VM's cap.
-  if (auto holes = store_.open_holes(now(), vm.id)) s.hole_rates.assign(holes->size(), 0);
+  // A class per rated authcert (all its holes share the minor); holes
+  // without a rate share the VM's nodes class.
+  if (auto holes = store_.open_holes(now(), vm.id)) {
+    for (const auto& h : *holes) {
+      if (h.tc_minor == 0 || h.rate_bps == 0) continue;
+      bool seen = std::any_of(s.hole_classes.begin(), s.hole_classes.end(),
+                              [&](const auto& c) { return c.minor == h.tc_minor; });
+      if (!seen) s.hole_classes.push_back({h.tc_minor, h.rate_bps});
+    }
+  }
   return s;
 }
 
@@ -94,6 +103,8 @@ Status Shaper::put_tap(VmState& s) {
   // counts what the VM sends, so the throttle stays on the egress side.
   netpolicy::VmShaping in = s.shaping;
   in.throttle.reset();
+  // Towards the VM, nftables picks only client or everything else.
+  in.hole_classes.clear();
   if (in.cap == 0) {
     s.tap_shaped = true;  // nothing to cap
     return {};
@@ -111,8 +122,13 @@ Status Shaper::put_tap(VmState& s) {
   return {};
 }
 
-void Shaper::remove_egress(std::int64_t vm_id) {
+void Shaper::remove_egress(std::int64_t vm_id, const std::vector<netpolicy::VmShaping::HoleClass>& holes) {
   for (const auto& dev : opt_.egress_devices) {
+    for (const auto& h : holes) {
+      if (auto st = tc_.delete_class(dev, netpolicy::tc_handle(opt_.tc_major, h.minor)); !st) {
+        log::error("shaping: " + st.error().describe());
+      }
+    }
     for (FlowClass fc : kLeavesFirst) {
       if (auto st = tc_.delete_class(dev, netpolicy::tc_handle(opt_.tc_major, vm_id, fc)); !st) {
         log::error("shaping: " + st.error().describe());
@@ -132,6 +148,7 @@ Status Shaper::install_all() {
   }
   std::map<std::string, VmState> next;
   std::map<std::uint32_t, std::string> by_index;
+  std::set<std::uint32_t> hole_minors;
   for (const auto& vm : *active) {
     VmState s;
     s.record = vm;
@@ -140,6 +157,7 @@ Status Shaper::install_all() {
     if (auto st = put_egress(s); !st) return st;
     if (auto st = put_tap(s); !st) log::warning("shaping: tap of " + vm.name + ": " + st.error().describe());
     by_index[netpolicy::tc_vm_index(vm.id)] = vm.name;
+    for (const auto& h : s.shaping.hole_classes) hole_minors.insert(h.minor);
     next[vm.name] = std::move(s);
   }
   vms_ = std::move(next);
@@ -149,13 +167,19 @@ Status Shaper::install_all() {
   for (const auto& dev : opt_.egress_devices) {
     auto classes = tc_.list_classes(dev, opt_.tc_major);
     if (!classes) return classes.error();
-    // Leaves before their parents: the kernel refuses to delete a class with children.
-    std::stable_sort(classes->begin(), classes->end(), [](const auto& a, const auto& b) {
-      return (a.cls.handle & 0xffffU) % 4 > (b.cls.handle & 0xffffU) % 4;
-    });
+    // Leaves before their parents: the kernel refuses to delete a class
+    // with children. Authcert classes are leaves; a VM's own class (minor
+    // % 4 == 0) is the parent of the rest.
+    auto rank = [](std::uint32_t handle) {
+      const std::uint32_t minor = handle & 0xffffU;
+      return netpolicy::tc_is_hole_minor(minor) ? 4U : minor % 4;
+    };
+    std::stable_sort(classes->begin(), classes->end(),
+                     [&](const auto& a, const auto& b) { return rank(a.cls.handle) > rank(b.cls.handle); });
     for (const auto& c : *classes) {
       const std::uint32_t minor = c.cls.handle & 0xffffU;
       if (minor == netpolicy::kTcRootMinor) continue;
+      if (netpolicy::tc_is_hole_minor(minor) && hole_minors.count(minor) != 0) continue;
       auto slot = netpolicy::tc_slot_of(minor);
       if (slot && by_index.count(slot->vm_index) != 0) continue;
       if (auto st = tc_.delete_class(dev, c.cls.handle); !st) return st;
@@ -182,7 +206,7 @@ Status Shaper::prepare(const VmRecord& vm, const VmAddresses& /*addr*/) {
   s.record = vm;
   s.shaping = shaping_of(vm);
   if (auto st = put_egress(s); !st) {
-    remove_egress(vm.id);
+    remove_egress(vm.id, s.shaping.hole_classes);
     return st;
   }
   vms_[vm.name] = std::move(s);
@@ -196,8 +220,30 @@ Status Shaper::started(const VmRecord& vm, const VmAddresses& /*addr*/) {
   return {};
 }
 
+Status Shaper::refresh_holes(const VmRecord& vm) {
+  auto it = vms_.find(vm.name);
+  if (it == vms_.end()) return {};
+  VmState& s = it->second;
+  auto fresh = shaping_of(s.record).hole_classes;
+  if (fresh == s.shaping.hole_classes) return {};
+  const auto old = s.shaping.hole_classes;
+  s.shaping.hole_classes = fresh;
+  // New classes first (the caller's hole element names them next) ...
+  if (auto st = put_egress(s); !st) return st;
+  // ... then the classes of authcerts that have no open hole any more.
+  for (const auto& o : old) {
+    if (std::any_of(fresh.begin(), fresh.end(), [&](const auto& f) { return f.minor == o.minor; })) continue;
+    for (const auto& dev : opt_.egress_devices) {
+      if (auto st = tc_.delete_class(dev, netpolicy::tc_handle(opt_.tc_major, o.minor)); !st) return st;
+    }
+  }
+  return {};
+}
+
 void Shaper::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
-  remove_egress(vm.id);
+  auto known = vms_.find(vm.name);
+  remove_egress(
+      vm.id, known != vms_.end() ? known->second.shaping.hole_classes : std::vector<netpolicy::VmShaping::HoleClass>{});
   // The tap usually vanished with the domain; if not, take our qdisc off it.
   if (auto st = tc_.remove_qdisc(vm.name, opt_.tc_major); !st) log::warning("shaping: " + st.error().describe());
   vms_.erase(vm.name);
@@ -251,8 +297,10 @@ void Shaper::sample_rates() {
   const std::int64_t t = now_ms();
   const double dt = static_cast<double>(t - last_sample_ms_) / 1000.0;
   std::map<std::uint32_t, VmState*> by_index;
+  std::map<std::uint32_t, VmState*> by_hole_minor;
   for (auto& [name, s] : vms_) {
     by_index[netpolicy::tc_vm_index(s.record.id)] = &s;
+    for (const auto& h : s.shaping.hole_classes) by_hole_minor[h.minor] = &s;
     s.egress_rate = Rates{};
     s.ingress_rate = Rates{};
   }
@@ -260,8 +308,10 @@ void Shaper::sample_rates() {
     auto classes = tc_.list_classes(dev, opt_.tc_major);
     if (!classes) return;
     for (const auto& c : *classes) {
-      auto slot = netpolicy::tc_slot_of(c.cls.handle & 0xffffU);
-      if (!slot || slot->flow == FlowClass::vm) continue;
+      const std::uint32_t minor = c.cls.handle & 0xffffU;
+      auto slot = netpolicy::tc_slot_of(minor);
+      const bool hole = netpolicy::tc_is_hole_minor(minor);
+      if (!hole && (!slot || slot->flow == FlowClass::vm)) continue;
       auto key = std::make_pair(dev, c.cls.handle);
       auto prev = last_bytes_.find(key);
       std::uint64_t rate = 0;
@@ -269,6 +319,12 @@ void Shaper::sample_rates() {
         rate = static_cast<std::uint64_t>(static_cast<double>(c.bytes - prev->second) * 8.0 / dt);
       }
       last_bytes_[key] = c.bytes;
+      if (hole) {  // an authcert's own class: part of the VM's "nodes" rate
+        auto owner = by_hole_minor.find(minor);
+        if (owner != by_hole_minor.end())
+          (egress ? owner->second->egress_rate : owner->second->ingress_rate).nodes += rate;
+        continue;
+      }
       auto vm = by_index.find(slot->vm_index);
       if (vm == by_index.end()) continue;
       Rates& r = egress ? vm->second->egress_rate : vm->second->ingress_rate;
@@ -308,12 +364,9 @@ void Shaper::on_tick() {
         break;
       }
     }
-    // Holes opened or closed since: their rates shape the nodes class.
+    // Holes that expired or closed since: their authcerts' classes go.
     for (auto& [name, s] : vms_) {
-      auto fresh = shaping_of(s.record);
-      if (fresh.hole_rates == s.shaping.hole_rates) continue;
-      s.shaping.hole_rates = fresh.hole_rates;
-      if (auto st = put_egress(s); !st) log::error("shaping: " + st.error().describe());
+      if (auto st = refresh_holes(s.record); !st) log::error("shaping: " + st.error().describe());
     }
   }
   sample_rates();
@@ -328,8 +381,14 @@ nlohmann::json Shaper::status_json(const std::string& vm_name) const {
     return nlohmann::json{{"client", r.client}, {"nodes", r.nodes}, {"other", r.other}, {"total", r.total()}};
   };
   nlohmann::json cls = nlohmann::json::object();
+  nlohmann::json authcert_classes = nlohmann::json::array();
   for (const auto& c : classes) {
     auto slot = netpolicy::tc_slot_of(c.handle & 0xffffU);
+    if (!slot) {  // a rated authcert's own class
+      authcert_classes.push_back(
+          {{"class", netpolicy::tc_handle_text(c.handle)}, {"rate_bps", c.rate}, {"ceil_bps", c.ceil}});
+      continue;
+    }
     static const char* kNames[] = {"aggregate", "client", "nodes", "other"};
     cls[kNames[static_cast<int>(slot->flow)]] = {
         {"class", netpolicy::tc_handle_text(c.handle)}, {"rate_bps", c.rate}, {"ceil_bps", c.ceil}};
@@ -341,6 +400,7 @@ nlohmann::json Shaper::status_json(const std::string& vm_name) const {
           {"cap", trust::format_bit_rate(classes.front().ceil)},
           {"ceiling_bps", ceiling().value_or(0)},
           {"classes", cls},
+          {"authcert_classes", authcert_classes},
           {"egress_rate_bps", rates(s.egress_rate)},
           {"ingress_rate_bps", rates(s.ingress_rate)},
           {"quota_limit_bytes", s.quota_bytes},
@@ -355,7 +415,9 @@ std::string Shaper::classes_text(const std::string& vm_name) const {
   auto lines = [&](const std::string& dev, const netpolicy::VmShaping& sh, std::optional<std::uint64_t> ceil) {
     for (const auto& c : netpolicy::tc_vm_classes(opt_.tc_major, sh, ceil)) {
       auto slot = netpolicy::tc_slot_of(c.handle & 0xffffU);
-      out += netpolicy::tc_class_text(dev, c, sh.name + ": " + netpolicy::flow_class_name(slot->flow)) + "\n";
+      const std::string what =
+          slot ? netpolicy::flow_class_name(slot->flow) : "an authorized node, at its authcert's rate";
+      out += netpolicy::tc_class_text(dev, c, sh.name + ": " + what) + "\n";
     }
   };
   const auto root = netpolicy::tc_root_class(opt_.tc_major, ceiling());
@@ -369,6 +431,7 @@ std::string Shaper::classes_text(const std::string& vm_name) const {
     if ((!vm_name.empty() && name != vm_name) || s.shaping.cap == 0) continue;
     netpolicy::VmShaping in = s.shaping;
     in.throttle.reset();
+    in.hole_classes.clear();
     out += netpolicy::tc_class_text(name, netpolicy::tc_root_class(opt_.tc_major, in.cap), name + ": towards the VM") +
            "\n";
     lines(name, in, in.cap);

@@ -55,6 +55,11 @@ class Shaper final : public VmObserver, public EventSource {
   Status started(const VmRecord& vm, const VmAddresses& addr) override;
   void released(const VmRecord& vm, const VmAddresses& addr) override;
 
+  // Follows the VM's open holes: a class for each rated authcert (created
+  // before its hole's element names it, see Enforcer::set_hole_shaping),
+  // none left for authcerts whose holes are all gone.
+  Status refresh_holes(const VmRecord& vm);
+
   // No descriptor: only the tick.
   [[nodiscard]] int event_fd() const override { return -1; }
   void on_event_ready() override {}
@@ -94,7 +99,7 @@ class Shaper final : public VmObserver, public EventSource {
   [[nodiscard]] std::optional<std::uint64_t> ceiling() const;
   Status put_egress(const VmState& s);
   Status put_tap(VmState& s);
-  void remove_egress(std::int64_t vm_id);
+  void remove_egress(std::int64_t vm_id, const std::vector<netpolicy::VmShaping::HoleClass>& holes);
   void poll_quotas();
   void sample_rates();
   Status reset_quotas();

@@ -1,5 +1,7 @@
 #include "surrogated/state_store.h"
 
+#include <algorithm>
+
 #include "common/sqlite_util.h"
 
 namespace sg {
@@ -71,7 +73,8 @@ Result<StateStore> StateStore::open(const std::string& path) {
       "  destination TEXT NOT NULL, protocol INTEGER NOT NULL, port_first INTEGER NOT NULL,"
       "  port_last INTEGER NOT NULL, expires INTEGER NOT NULL, origin TEXT NOT NULL,"
       "  authcert_id TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL,"
-      "  removed INTEGER NOT NULL DEFAULT 0, removed_reason TEXT NOT NULL DEFAULT '');"
+      "  removed INTEGER NOT NULL DEFAULT 0, removed_reason TEXT NOT NULL DEFAULT '',"
+      "  rate_bps INTEGER NOT NULL DEFAULT 0, tc_minor INTEGER NOT NULL DEFAULT 0);"
       "CREATE INDEX IF NOT EXISTS holes_vm ON holes(vm_id);"
       "CREATE INDEX IF NOT EXISTS holes_authcert ON holes(authcert_id);"
       "CREATE TABLE IF NOT EXISTS revoked_authcerts (id TEXT PRIMARY KEY, revoked INTEGER NOT NULL);"
@@ -85,6 +88,19 @@ Result<StateStore> StateStore::open(const std::string& path) {
       "CREATE UNIQUE INDEX IF NOT EXISTS vms_active_slot ON vms(slot) WHERE state != 'released';";
   if (auto st = sql::exec(store.db_.get(), schema); !st)
     return with_context("initialising state store " + path, st.error());
+  // Stores made before holes had rates: add the columns (same defaults as a
+  // new store), so an upgrade keeps every VM and hole.
+  {
+    Statement cols(store.db_.get(), "SELECT 1 FROM pragma_table_info('holes') WHERE name='rate_bps'");
+    if (cols.step() != SQLITE_ROW) {
+      if (auto st = sql::exec(store.db_.get(),
+                              "ALTER TABLE holes ADD COLUMN rate_bps INTEGER NOT NULL DEFAULT 0;"
+                              "ALTER TABLE holes ADD COLUMN tc_minor INTEGER NOT NULL DEFAULT 0;");
+          !st) {
+        return with_context("upgrading the holes table of state store " + path, st.error());
+      }
+    }
+  }
   Statement get(store.db_.get(), "SELECT value FROM meta WHERE key='schema'");
   if (get.step() == SQLITE_ROW) {
     if (get.text(0) != std::to_string(kSchemaVersion)) {
@@ -150,10 +166,11 @@ Status StateStore::update_policy_fields(const VmRecord& vm) { return update(vm);
 Status StateStore::insert_hole(HoleRecord& h) {
   Statement s(db_.get(),
               "INSERT INTO holes (vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, "
-              "authcert_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+              "authcert_id, created, rate_bps, tc_minor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   s.bind(1, h.vm_id).bind(2, h.vm_name).bind(3, h.destination).bind(4, std::int64_t{h.protocol});
   s.bind(5, std::int64_t{h.port_first}).bind(6, std::int64_t{h.port_last}).bind(7, h.expires).bind(8, h.origin);
-  s.bind(9, h.authcert_id).bind(10, h.created);
+  s.bind(9, h.authcert_id).bind(10, h.created).bind(11, static_cast<std::int64_t>(h.rate_bps));
+  s.bind(12, std::int64_t{h.tc_minor});
   if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording hole");
   h.id = sqlite3_last_insert_rowid(db_.get());
   return {};
@@ -168,7 +185,8 @@ Status StateStore::remove_hole(std::int64_t id, std::int64_t when, const std::st
 
 namespace {
 constexpr const char* kHoleColumns =
-    "id, vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, authcert_id, created";
+    "id, vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, authcert_id, created, "
+    "rate_bps, tc_minor";
 
 Result<std::vector<HoleRecord>> read_holes(Statement& s) {
   std::vector<HoleRecord> out;
@@ -186,6 +204,8 @@ Result<std::vector<HoleRecord>> read_holes(Statement& s) {
     h.origin = s.text(8);
     h.authcert_id = s.text(9);
     h.created = s.integer(10);
+    h.rate_bps = static_cast<std::uint64_t>(std::max<std::int64_t>(0, s.integer(11)));
+    h.tc_minor = static_cast<std::uint32_t>(std::max<std::int64_t>(0, s.integer(12)));
     out.push_back(std::move(h));
   }
   if (rc != SQLITE_DONE) return db_error(s.db(), "reading holes");
@@ -267,6 +287,16 @@ Result<std::vector<HoleRecord>> StateStore::open_holes(std::int64_t now, std::in
   Statement s(db_.get(), sql.c_str());
   s.bind(1, now).bind(2, vm_id).bind(3, vm_id);
   return read_holes(s);
+}
+
+Result<std::vector<std::uint32_t>> StateStore::used_hole_minors(std::int64_t now) const {
+  Statement s(db_.get(), "SELECT DISTINCT tc_minor FROM holes WHERE tc_minor>0 AND removed=0 AND expires>? ORDER BY 1");
+  s.bind(1, now);
+  std::vector<std::uint32_t> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) out.push_back(static_cast<std::uint32_t>(s.integer(0)));
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading tc classes of holes");
+  return out;
 }
 
 Status StateStore::insert_tunnel(const TunnelRecord& t) {

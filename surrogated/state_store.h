@@ -51,6 +51,8 @@ struct HoleRecord {
   std::string origin;       // "admin" or "authcert"
   std::string authcert_id;  // when origin is authcert
   std::int64_t created = 0;
+  std::uint64_t rate_bps = 0;  // the authcert's rate (0: none named)
+  std::uint32_t tc_minor = 0;  // its own tc class (docs/shaping.md); 0: the VM's shared "nodes" class
 };
 
 // A VM's GRE tunnel to its client (docs/tunnel.md). One per VM; the row
@@ -82,6 +84,8 @@ class StateStore {
   Status remove_hole(std::int64_t id, std::int64_t when, const std::string& reason);
   // Holes still open (not removed, not expired at `now`), optionally of one VM.
   Result<std::vector<HoleRecord>> open_holes(std::int64_t now, std::int64_t vm_id = 0) const;
+  // tc minors of the open holes that have a class of their own.
+  Result<std::vector<std::uint32_t>> used_hole_minors(std::int64_t now) const;
   // Every hole an authcert ever opened, open or not, newest first.
   Result<std::vector<HoleRecord>> holes_of_authcert(const std::string& authcert_id) const;
   // True when an authcert with this id was revoked: it may never be used again.

@@ -41,26 +41,10 @@ class AuthcertTest : public ::testing::Test {
     topo_.reset();
   }
 
-  // The documented lab commands (docs/authcert.md, section 3): a CA limited
-  // to 203.0.113.0/24, its CRL, and a node certificate for nodeA.
   void make_lab_pki() {
-    std::string script = "set -e; mkdir -p " + pki_ + "; cd " + pki_ + R"(
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
-openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=Lab CA" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-  -addext "nameConstraints=critical,permitted;IP:203.0.113.0/255.255.255.0" -out ca.pem
-printf '[ca]\ndefault_ca = lab\n[lab]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\n' > ca.cnf
-: > index.txt; echo 01 > crlnumber
-openssl ca -config ca.cnf -gencrl -keyfile ca.key -cert ca.pem -out crl.pem 2>/dev/null
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out node.key 2>/dev/null
-openssl req -new -key node.key -subj "/CN=node-a.example" -out node.csr
-printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nsubjectAltName = IP:203.0.113.18\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n' > node.ext
-openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile node.ext -out node.pem 2>/dev/null
-)";
-    auto r = run({"bash", "-c", script});
+    auto r = test::make_lab_pki(pki_);
     ASSERT_EQ(r.code, 0) << r.err;
   }
-
   // The node owner signs an authcert for `user_key`'s VMs.
   std::string sign(const std::string& user_key, const std::string& to, const std::string& proto,
                    const std::string& valid_for, const std::string& name) {

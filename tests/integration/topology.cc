@@ -209,4 +209,24 @@ std::uint64_t Topology::drop_counter(const std::string& prefix) const {
   return total;
 }
 
+// The documented lab commands (docs/authcert.md, section 3): a CA limited
+// to 203.0.113.0/24, its CRL, and a node certificate for nodeA (node.key,
+// node.pem), all in `dir`.
+RunResult make_lab_pki(const std::string& dir) {
+  std::string script = "set -e; mkdir -p " + dir + "; cd " + dir + R"(
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=Lab CA" \
+-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+-addext "nameConstraints=critical,permitted;IP:203.0.113.0/255.255.255.0" -out ca.pem
+printf '[ca]\ndefault_ca = lab\n[lab]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\n' > ca.cnf
+: > index.txt; echo 01 > crlnumber
+openssl ca -config ca.cnf -gencrl -keyfile ca.key -cert ca.pem -out crl.pem 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out node.key 2>/dev/null
+openssl req -new -key node.key -subj "/CN=node-a.example" -out node.csr
+printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nsubjectAltName = IP:203.0.113.18\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n' > node.ext
+openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile node.ext -out node.pem 2>/dev/null
+)";
+  return run({"bash", "-c", script});
+}
+
 }  // namespace sg::test

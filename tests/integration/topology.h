@@ -88,5 +88,8 @@ class Topology {
 };
 
 std::string sgprobe_bin();
+// A lab PKI made with the openssl CLI as docs/authcert.md shows: ca.pem,
+// crl.pem, and nodeA's node.key / node.pem, in `dir`.
+RunResult make_lab_pki(const std::string& dir);
 
 }  // namespace sg::test

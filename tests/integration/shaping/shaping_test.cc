@@ -52,10 +52,16 @@ syn_per_second = 100
 
 class ShapingTest : public ::testing::Test {
  protected:
-  void start(const std::string& extra_owner = "") {
+  void start(const std::string& extra_owner = "", bool lab_pki = false) {
     if (auto why = why_no_namespaces(); !why.empty()) GTEST_SKIP() << why;
     if (run({"which", "iperf3"}).code != 0) GTEST_SKIP() << "iperf3 is not installed";
     topo_ = std::make_unique<Topology>("sgs" + std::to_string(getpid()));
+    if (lab_pki) {
+      pki_ = topo_->dir() + "/pki";
+      auto made = make_lab_pki(pki_);
+      ASSERT_EQ(made.code, 0) << made.err;
+      topo_->extra_config = "[pki]\nca_files = [\"" + pki_ + "/ca.pem\"]\ncrl_files = [\"" + pki_ + "/crl.pem\"]\n";
+    }
     semi_key_ = topo_->keygen("semi");
     untrusted_key_ = topo_->keygen("untrusted");
     ASSERT_TRUE(topo_->start(lab_policy(topo_->fingerprint(semi_key_), extra_owner))) << topo_->daemon().log();
@@ -120,7 +126,7 @@ class ShapingTest : public ::testing::Test {
   nlohmann::json shaping(const std::string& vm) { return topo_->ctl_json({"show", vm})["shaping"]; }
 
   std::unique_ptr<Topology> topo_;
-  std::string semi_key_, untrusted_key_;
+  std::string semi_key_, untrusted_key_, pki_;
   std::vector<std::string> pidfiles_;
 };
 
@@ -203,6 +209,52 @@ TEST_F(ShapingTest, AuthorizedNodeGetsItsOwnClass) {
   auto cls = [&](int k) { return "53:" + (std::stringstream() << std::hex << (id * 4 + k)).str(); };
   EXPECT_GT(class_bytes("n0", cls(2)), 1'000'000U) << tc_classes("n0");
   EXPECT_EQ(class_bytes("n0", cls(3)), 0U) << tc_classes("n0");
+}
+
+// An authcert that names a rate: the node gets a class of its own at exactly
+// that rate, whatever the VM's other traffic does, and the class goes with
+// the authcert.
+TEST_F(ShapingTest, RatedAuthcertGetsItsOwnClassAtItsRate) {
+  start("", true);
+  if (HasFatalFailure() || IsSkipped()) return;
+  std::string vm = allocate(semi_key_);
+  std::string cert = topo_->dir() + "/rated.pem";
+  auto signed_ = run({surrogatectl_bin(), "authcert", "sign", "--node-key", pki_ + "/node.key", "--node-cert",
+                      pki_ + "/node.pem", "--user-key", semi_key_ + ".pub", "--to", topo_->nodeA.v4 + ":5201",
+                      "--proto", "tcp", "--valid-for", "1h", "--rate", "3000", "-o", cert});
+  ASSERT_EQ(signed_.code, 0) << signed_.err;
+  auto sub = topo_->ctl_json({"authcert", "submit", vm, cert}, semi_key_);
+  ASSERT_TRUE(sub.contains("id")) << sub.dump();
+  auto sh = shaping(vm);
+  ASSERT_EQ(sh["authcert_classes"].size(), 1U) << sh.dump();
+  EXPECT_EQ(sh["authcert_classes"][0].value("class", ""), "53:8000") << sh.dump();
+  EXPECT_EQ(sh["authcert_classes"][0].value("ceil_bps", 0), 3'000'000) << sh.dump();
+  // The node at its 3 Mbit/s while the client takes what the 8 Mbit/s cap leaves.
+  double to_node = 0, to_client = 0;
+  std::thread tn([&] { to_node = iperf(vm, topo_->nodeA.v4); });
+  std::thread tc([&] { to_client = iperf(vm, topo_->client.v4, {}, "5202"); });
+  tn.join();
+  tc.join();
+  std::cerr << "node " << to_node / kMbit << " client " << to_client / kMbit << " Mbit/s (node 3, cap 8)\n";
+  EXPECT_NEAR(to_node, expected_goodput(3 * kMbit), 0.05 * 3 * kMbit);
+  EXPECT_GT(to_client, expected_goodput(4 * kMbit) * 0.95);
+  EXPECT_GT(class_bytes("n0", "53:8000"), 500'000U) << tc_classes("n0");
+  auto id = topo_->ctl_json({"show", vm}).value("id", 0);
+  std::string nodes = "53:" + (std::stringstream() << std::hex << (id * 4 + 2)).str();
+  EXPECT_EQ(class_bytes("n0", nodes), 0U) << tc_classes("n0");
+  EXPECT_NE(topo_->ctl({"show", vm}).out.find("Node class     53:8000 at 3 Mbit/s"), std::string::npos)
+      << topo_->ctl({"show", vm}).out;
+  // `rules show VM` lists the class.
+  auto rules = topo_->ctl({"rules", "show", vm});
+  EXPECT_NE(rules.out.find("class htb 53:8000 parent 53:" + (std::stringstream() << std::hex << id * 4).str() +
+                           " rate 3Mbit ceil 3Mbit"),
+            std::string::npos)
+      << rules.out;
+  // Revoked: the hole closes at once, the class within a few ticks.
+  ASSERT_EQ(topo_->ctl({"authcert", "revoke", sub["id"]}, semi_key_).code, 0);
+  std::this_thread::sleep_for(std::chrono::seconds(7));
+  EXPECT_EQ(tc_classes("n0").find("53:8000"), std::string::npos) << tc_classes("n0");
+  EXPECT_EQ(shaping(vm)["authcert_classes"].size(), 0U);
 }
 
 TEST_F(ShapingTest, QuotaThrottlesAt80PercentAndStopsAtFullExceptTheClient) {

@@ -1,6 +1,7 @@
 #include "surrogated/state_store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -104,6 +105,53 @@ TEST_F(StateStoreTest, UsesWal) {
   auto s = StateStore::open(db());
   ASSERT_TRUE(s.ok());
   EXPECT_TRUE(std::filesystem::exists(db() + "-wal"));
+}
+
+TEST_F(StateStoreTest, HoleRatesAndClassesRoundTripAndOldStoresGainTheColumns) {
+  // A store from before holes had rates: the old holes table, one open hole.
+  {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(db().c_str(), &raw), SQLITE_OK);
+    const char* old =
+        "CREATE TABLE holes (id INTEGER PRIMARY KEY AUTOINCREMENT, vm_id INTEGER NOT NULL, vm_name TEXT NOT NULL,"
+        "  destination TEXT NOT NULL, protocol INTEGER NOT NULL, port_first INTEGER NOT NULL,"
+        "  port_last INTEGER NOT NULL, expires INTEGER NOT NULL, origin TEXT NOT NULL,"
+        "  authcert_id TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL,"
+        "  removed INTEGER NOT NULL DEFAULT 0, removed_reason TEXT NOT NULL DEFAULT '');"
+        "INSERT INTO holes (vm_id, vm_name, destination, protocol, port_first, port_last, expires, origin, created)"
+        "  VALUES (1, 'sg1', '203.0.113.9/32', 6, 443, 443, 5000, 'admin', 1000);";
+    ASSERT_EQ(sqlite3_exec(raw, old, nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  auto s = StateStore::open(db());
+  ASSERT_TRUE(s.ok()) << s.error().describe();
+  auto holes = s->open_holes(2000);
+  ASSERT_TRUE(holes.ok()) << holes.error().describe();
+  ASSERT_EQ(holes->size(), 1U);  // kept through the upgrade
+  EXPECT_EQ((*holes)[0].rate_bps, 0U);
+  EXPECT_EQ((*holes)[0].tc_minor, 0U);
+  HoleRecord rated;
+  rated.vm_id = 1;
+  rated.vm_name = "sg1";
+  rated.destination = "203.0.113.18/32";
+  rated.expires = 5000;
+  rated.origin = "authcert";
+  rated.authcert_id = "a1";
+  rated.rate_bps = 3'000'000;
+  rated.tc_minor = 0x8001;
+  ASSERT_TRUE(s->insert_hole(rated).ok());
+  holes = s->open_holes(2000, 1);
+  ASSERT_TRUE(holes.ok());
+  ASSERT_EQ(holes->size(), 2U);
+  EXPECT_EQ((*holes)[1].rate_bps, 3'000'000U);
+  EXPECT_EQ((*holes)[1].tc_minor, 0x8001U);
+  auto used = s->used_hole_minors(2000);
+  ASSERT_TRUE(used.ok());
+  EXPECT_EQ(*used, std::vector<std::uint32_t>{0x8001});
+  // Expired or removed holes free their class.
+  EXPECT_TRUE(s->used_hole_minors(6000)->empty());
+  ASSERT_TRUE(s->remove_hole(rated.id, 2500, "test").ok());
+  EXPECT_TRUE(s->used_hole_minors(3000)->empty());
 }
 
 }  // namespace

@@ -67,14 +67,43 @@ TEST(TcClasses, CapNeverAboveTheCeilingAndNoCapTakesTheCeiling) {
   EXPECT_EQ(tc_root_class(kMajor, std::nullopt).rate, kTcUnlimited);
 }
 
-TEST(TcClasses, HoleRatesShapeTheNodesClass) {
-  VmShaping vm{2, "sg2", 10'000'000, {2'000'000, 1'000'000}, std::nullopt};
+TEST(TcClasses, EachRatedAuthcertGetsItsOwnClassAtItsRate) {
+  VmShaping vm{2, "sg2", 10'000'000, {{0x8000, 2'000'000}, {0x8005, 1'000'000}}, std::nullopt};
   auto classes = tc_vm_classes(kMajor, vm, std::nullopt);
-  EXPECT_EQ(classes[2].rate, 3'000'000U);
-  EXPECT_EQ(classes[2].ceil, 3'000'000U);
-  vm.hole_rates = {0};  // a hole without a rate: shares the cap
-  classes = tc_vm_classes(kMajor, vm, std::nullopt);
+  ASSERT_EQ(classes.size(), 6U);
+  // The shared nodes class (holes without a rate) keeps its share of the cap.
   EXPECT_EQ(classes[2].ceil, 10'000'000U);
+  EXPECT_EQ(classes[4], (TcClass{tc_handle(kMajor, 0x8000), classes[0].handle, 2'000'000, 2'000'000}));
+  EXPECT_EQ(classes[5], (TcClass{tc_handle(kMajor, 0x8005), classes[0].handle, 1'000'000, 1'000'000}));
+  // Their guarantees come out of the cap: the children's rates fit in it.
+  EXPECT_EQ(classes[1].rate, 3'500'000U);  // half of what the authcerts leave
+  std::uint64_t sum = 0;
+  for (std::size_t i = 1; i < classes.size(); ++i) sum += classes[i].rate;
+  EXPECT_LE(sum, classes[0].rate);
+  // Beyond half the cap they are scaled down; their ceilings stay.
+  vm.hole_classes = {{0x8002, 8'000'000}};
+  classes = tc_vm_classes(kMajor, vm, std::nullopt);
+  EXPECT_EQ(classes.back().rate, 5'000'000U);
+  EXPECT_EQ(classes.back().ceil, 8'000'000U);
+  sum = 0;
+  for (std::size_t i = 1; i < classes.size(); ++i) sum += classes[i].rate;
+  EXPECT_LE(sum, classes[0].rate);
+  // A rate above the VM's cap gets the cap; the throttle caps it too.
+  vm.hole_classes = {{0x8001, 50'000'000}};
+  EXPECT_EQ(tc_vm_classes(kMajor, vm, std::nullopt).back().ceil, 10'000'000U);
+  vm.throttle = 100'000;
+  EXPECT_EQ(tc_vm_classes(kMajor, vm, std::nullopt).back().ceil, 100'000U);
+  // Minors outside the authcert range are never emitted.
+  vm.hole_classes = {{7, 1'000'000}};
+  EXPECT_EQ(tc_vm_classes(kMajor, vm, std::nullopt).size(), 4U);
+}
+
+TEST(TcIds, AuthcertMinorsNeverMeetVmMinors) {
+  EXPECT_LT(tc_minor(kTcVmIndices, FlowClass::other), kTcHoleMinorFirst);
+  EXPECT_FALSE(tc_slot_of(kTcHoleMinorFirst).has_value());
+  EXPECT_TRUE(tc_is_hole_minor(kTcHoleMinorFirst));
+  EXPECT_TRUE(tc_is_hole_minor(kTcHoleMinorLast));
+  EXPECT_FALSE(tc_is_hole_minor(0xffff));
 }
 
 TEST(TcClasses, ThrottleSparesTheClient) {
