@@ -11,7 +11,10 @@
 #include <charconv>
 #include <ctime>
 #include <map>
+#include <memory>
+#include <optional>
 
+#include "certs/chain_cache.h"
 #include "certs/identity.h"
 #include "certs/x509.h"
 #include "common/timeutil.h"
@@ -558,6 +561,140 @@ Status check_der_length(std::string_view der) {
   return {};
 }
 
+// ---------------------------------------------------------------------------
+// The certificates of an authcert, taken out of the CMS before it is parsed
+// ---------------------------------------------------------------------------
+//
+// Parsing a certificate is costly with OpenSSL 3.0 (decoding its public key
+// goes through the provider decoders), and an authcert carries the node's
+// whole chain. So when the CMS is plain DER, its certificates field is cut
+// out: the certificates are identified by the SHA-256 of their bytes and
+// parsed once (ChainCache), and the rest of the CMS is parsed without them.
+// CMS_set1_signers_certs and X509_verify_cert then get the same certificates,
+// in the same order, as the CMS would have given them. Anything unexpected
+// (BER indefinite lengths, other certificate choices, a certificate that does
+// not parse) takes the ordinary path, which parses everything and reports the
+// error exactly as before.
+
+struct Tlv {
+  unsigned char tag = 0;
+  std::string_view value;  // contents
+  std::string_view all;    // tag, length and contents
+};
+
+// One definite-length TLV with a single-byte tag from the front of `in`.
+std::optional<Tlv> read_tlv(std::string_view& in) {
+  auto u = [&](std::size_t i) { return static_cast<unsigned char>(in[i]); };
+  if (in.size() < 2 || (u(0) & 0x1fU) == 0x1fU) return std::nullopt;
+  std::size_t len = u(1);
+  std::size_t header = 2;
+  if (len == 0x80) return std::nullopt;  // indefinite length (BER)
+  if (len > 0x80) {
+    std::size_t n = len & 0x7fU;
+    if (n > 4 || in.size() < 2 + n) return std::nullopt;
+    len = 0;
+    for (std::size_t i = 0; i < n; ++i) len = (len << 8U) | u(2 + i);
+    header += n;
+  }
+  if (len > in.size() - header) return std::nullopt;
+  Tlv t{u(0), in.substr(header, len), in.substr(0, header + len)};
+  in.remove_prefix(header + len);
+  return t;
+}
+
+void append_tlv(std::string& out, unsigned char tag, std::string_view value) {
+  out.push_back(static_cast<char>(tag));
+  std::size_t len = value.size();
+  if (len < 0x80) {
+    out.push_back(static_cast<char>(len));
+  } else {
+    unsigned char buf[sizeof(std::size_t)];
+    std::size_t n = 0;
+    for (std::size_t l = len; l != 0; l >>= 8U) buf[n++] = static_cast<unsigned char>(l & 0xffU);
+    out.push_back(static_cast<char>(0x80U | n));
+    while (n > 0) out.push_back(static_cast<char>(buf[--n]));
+  }
+  out.append(value);
+}
+
+struct SplitCms {
+  std::string without_certs;            // the same ContentInfo minus SignedData.certificates
+  std::string_view certs_field;         // the contents of certificates [0]
+  std::vector<std::string_view> certs;  // each certificate's DER, in order
+};
+
+// ContentInfo { contentType id-signedData, [0] EXPLICIT SignedData { version,
+// digestAlgorithms, encapContentInfo, [0] IMPLICIT certificates, rest } }
+std::optional<SplitCms> split_certificates(std::string_view der) {
+  static constexpr std::string_view kSignedDataOid("\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02", 11);
+  std::string_view in = der;
+  auto outer = read_tlv(in);
+  if (!outer || outer->tag != 0x30 || !in.empty()) return std::nullopt;
+  std::string_view body = outer->value;
+  auto type = read_tlv(body);
+  if (!type || type->all != kSignedDataOid) return std::nullopt;
+  auto explicit0 = read_tlv(body);
+  if (!explicit0 || explicit0->tag != 0xa0 || !body.empty()) return std::nullopt;
+  std::string_view sd_in = explicit0->value;
+  auto sd = read_tlv(sd_in);
+  if (!sd || sd->tag != 0x30 || !sd_in.empty()) return std::nullopt;
+  std::string_view fields = sd->value;
+  for (unsigned char tag : {0x02, 0x31, 0x30}) {  // version, digestAlgorithms, encapContentInfo
+    auto f = read_tlv(fields);
+    if (!f || f->tag != tag) return std::nullopt;
+  }
+  std::string_view head = sd->value.substr(0, sd->value.size() - fields.size());
+  auto certs = read_tlv(fields);
+  if (!certs || certs->tag != 0xa0) return std::nullopt;
+  SplitCms split;
+  split.certs_field = certs->value;
+  for (std::string_view c = certs->value; !c.empty();) {
+    auto cert = read_tlv(c);
+    if (!cert || cert->tag != 0x30) return std::nullopt;  // only plain certificates, no other CertificateChoices
+    split.certs.push_back(cert->all);
+  }
+  if (split.certs.empty()) return std::nullopt;
+
+  std::string sd_fields;
+  sd_fields.reserve(head.size() + fields.size());
+  sd_fields.append(head).append(fields);
+  std::string sd_tlv;
+  append_tlv(sd_tlv, 0x30, sd_fields);
+  std::string content;
+  content.append(type->all);
+  append_tlv(content, 0xa0, sd_tlv);
+  append_tlv(split.without_certs, 0x30, content);
+  return split;
+}
+
+// The CMS parsed without its certificates, which come from `certs` (cached
+// or parsed here); nullopt sends the caller down the ordinary path.
+struct CmsWithCertSet {
+  ossl::Cms cms;
+  CertSetKey key{};
+  std::shared_ptr<const CertSet> certs;
+};
+
+std::optional<CmsWithCertSet> parse_with_cert_set(std::string_view der, ChainCache& cache) {
+  auto split = split_certificates(der);
+  if (!split) return std::nullopt;
+  auto key = cert_set_key(split->certs_field);
+  if (!key) return std::nullopt;
+  CmsWithCertSet out;
+  out.key = *key;
+  out.certs = cache.find_certs(*key);
+  if (!out.certs) out.certs = CertSet::parse(split->certs);
+  if (!out.certs) return std::nullopt;
+  const auto* p = reinterpret_cast<const unsigned char*>(split->without_certs.data());
+  out.cms.reset(d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(split->without_certs.size())));
+  if (!out.cms ||
+      p != reinterpret_cast<const unsigned char*>(split->without_certs.data()) + split->without_certs.size()) {
+    ERR_clear_error();
+    return std::nullopt;
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<VerifiedAuthcert> verify_authcert(std::string_view bytes, const PkiStore& pki, std::int64_t now,
@@ -572,21 +709,35 @@ Result<VerifiedAuthcert> verify_authcert(std::string_view bytes, const PkiStore&
   if (!der) return der.error();
   if (auto st = check_der_length(*der); !st) return st.error();
 
-  const auto* p = reinterpret_cast<const unsigned char*>(der->data());
-  ossl::Cms cms(d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der->size())));
-  if (!cms) {
-    unsigned long e = ERR_peek_last_error();
-    ERR_clear_error();
-    int r = ERR_GET_REASON(e);
-    if (ERR_GET_LIB(e) == ERR_LIB_ASN1 && (r == ASN1_R_TOO_LONG || r == ASN1_R_HEADER_TOO_LONG)) {
-      return reject(RejectReason::truncated, "the CMS structure ends early: the file is cut off");
+  // Plain DER with plain certificates: the certificates come from the
+  // PkiStore's cache (or are parsed once for it); otherwise (or with the
+  // cache off) the whole CMS is parsed as it comes.
+  ChainCache& cache = pki.chain_cache();
+  std::optional<CmsWithCertSet> cached;
+  if (cache.enabled()) cached = parse_with_cert_set(*der, cache);
+  ossl::Cms cms;
+  ossl::X509Stack embedded_owned;  // the ordinary path's certificates
+  STACK_OF(X509)* embedded_certs = nullptr;
+  if (cached) {
+    cms = std::move(cached->cms);
+    embedded_certs = cached->certs->stack();
+  } else {
+    const auto* p = reinterpret_cast<const unsigned char*>(der->data());
+    cms.reset(d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der->size())));
+    if (!cms) {
+      unsigned long e = ERR_peek_last_error();
+      ERR_clear_error();
+      int r = ERR_GET_REASON(e);
+      if (ERR_GET_LIB(e) == ERR_LIB_ASN1 && (r == ASN1_R_TOO_LONG || r == ASN1_R_HEADER_TOO_LONG)) {
+        return reject(RejectReason::truncated, "the CMS structure ends early: the file is cut off");
+      }
+      return reject(RejectReason::malformed,
+                    "not a CMS structure; produce authcerts with 'surrogatectl authcert "
+                    "sign' or 'openssl cms -sign -binary -nodetach'");
     }
-    return reject(RejectReason::malformed,
-                  "not a CMS structure; produce authcerts with 'surrogatectl authcert "
-                  "sign' or 'openssl cms -sign -binary -nodetach'");
-  }
-  if (p != reinterpret_cast<const unsigned char*>(der->data()) + der->size()) {
-    return reject(RejectReason::malformed, "extra bytes after the CMS structure; submit one authcert per file");
+    if (p != reinterpret_cast<const unsigned char*>(der->data()) + der->size()) {
+      return reject(RejectReason::malformed, "extra bytes after the CMS structure; submit one authcert per file");
+    }
   }
   if (OBJ_obj2nid(CMS_get0_type(cms.get())) != NID_pkcs7_signed) {
     return reject(RejectReason::malformed, "the CMS structure is not SignedData; sign with 'openssl cms -sign'");
@@ -605,8 +756,9 @@ Result<VerifiedAuthcert> verify_authcert(std::string_view bytes, const PkiStore&
                                                std::to_string(infos == nullptr ? 0 : sk_CMS_SignerInfo_num(infos)) +
                                                ")");
   }
-  // Matches the signer to an embedded certificate; the signature is checked below.
-  CMS_set1_signers_certs(cms.get(), nullptr, 0);
+  // Matches the signer to an embedded certificate (the first one that
+  // matches, in the authcert's order, either way); the signature is checked below.
+  CMS_set1_signers_certs(cms.get(), embedded_certs, 0);
   ERR_clear_error();
   X509* signer = nullptr;
   CMS_SignerInfo_get0_algs(sk_CMS_SignerInfo_value(infos, 0), nullptr, &signer, nullptr, nullptr);
@@ -615,7 +767,10 @@ Result<VerifiedAuthcert> verify_authcert(std::string_view bytes, const PkiStore&
                   "the authcert does not carry the signer's certificate; sign with '-signer node.pem' and without "
                   "'-nocerts'");
   }
-  ossl::X509Stack embedded_certs(CMS_get1_certs(cms.get()));
+  if (!cached) {
+    embedded_owned.reset(CMS_get1_certs(cms.get()));
+    embedded_certs = embedded_owned.get();
+  }
 
   ossl::Bio content_bio(BIO_new(BIO_s_mem()));
   if (CMS_verify(cms.get(), nullptr, nullptr, nullptr, content_bio.get(), CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY) !=
@@ -631,29 +786,45 @@ Result<VerifiedAuthcert> verify_authcert(std::string_view bytes, const PkiStore&
   std::string_view content_text(content_data, content_len > 0 ? static_cast<std::size_t>(content_len) : 0);
 
   // The chain: from the signer to a trust anchor, at `now`, strict, with CRLs.
-  ossl::X509StoreCtx ctx(X509_STORE_CTX_new());
-  if (!ctx || X509_STORE_CTX_init(ctx.get(), pki.x509_store(), signer, embedded_certs.get()) != 1) {
-    return reject(RejectReason::untrusted_chain, "cannot set up certificate verification: " + openssl_error());
-  }
-  X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
-  X509_VERIFY_PARAM_set_time(param, static_cast<time_t>(now));
-  unsigned long flags = X509_V_FLAG_X509_STRICT;
-  if (pki.revocation_checked()) flags |= X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL;
-  X509_VERIFY_PARAM_set_flags(param, flags);
-  X509_VERIFY_PARAM_set_depth(param, options.max_chain_depth);
-  if (pki.revocation_checked() && pki.crl_mode() == CrlMode::when_present) {
-    X509_STORE_CTX_set_verify_cb(ctx.get(), crl_when_present_cb);
-  }
-  if (X509_verify_cert(ctx.get()) != 1) {
-    auto e = chain_error(ctx.get());
-    ERR_clear_error();
-    return e;
-  }
+  // A verdict cached for exactly these certificates, this signer and depth,
+  // in this store, valid at `now`, stands for X509_verify_cert (chain_cache.h).
   VerifiedAuthcert v;
-  v.chain_not_after = INT64_MAX;
-  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
-  for (int i = 0; i < sk_X509_num(chain); ++i) {
-    v.chain_not_after = std::min(v.chain_not_after, cert_not_after(sk_X509_value(chain, i)));
+  int signer_index = cached ? cached->certs->index_of(signer) : -1;
+  std::optional<std::int64_t> known_chain_not_after;
+  if (signer_index >= 0) {
+    known_chain_not_after =
+        cache.find_verdict(cached->key, signer_index, options.max_chain_depth, pki.generation(), now);
+  }
+  if (known_chain_not_after) {
+    v.chain_not_after = *known_chain_not_after;
+  } else {
+    ossl::X509StoreCtx ctx(X509_STORE_CTX_new());
+    if (!ctx || X509_STORE_CTX_init(ctx.get(), pki.x509_store(), signer, embedded_certs) != 1) {
+      return reject(RejectReason::untrusted_chain, "cannot set up certificate verification: " + openssl_error());
+    }
+    X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
+    X509_VERIFY_PARAM_set_time(param, static_cast<time_t>(now));
+    unsigned long flags = X509_V_FLAG_X509_STRICT;
+    if (pki.revocation_checked()) flags |= X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL;
+    X509_VERIFY_PARAM_set_flags(param, flags);
+    X509_VERIFY_PARAM_set_depth(param, options.max_chain_depth);
+    if (pki.revocation_checked() && pki.crl_mode() == CrlMode::when_present) {
+      X509_STORE_CTX_set_verify_cb(ctx.get(), crl_when_present_cb);
+    }
+    if (X509_verify_cert(ctx.get()) != 1) {
+      auto e = chain_error(ctx.get());
+      ERR_clear_error();
+      return e;  // never cached
+    }
+    v.chain_not_after = INT64_MAX;
+    STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
+    for (int i = 0; i < sk_X509_num(chain); ++i) {
+      v.chain_not_after = std::min(v.chain_not_after, cert_not_after(sk_X509_value(chain, i)));
+    }
+    if (signer_index >= 0) {
+      cache.remember(cached->key, cached->certs, signer_index, options.max_chain_depth, pki.generation(), now,
+                     v.chain_not_after);
+    }
   }
 
   auto content = parse_authcert_content(content_text);

@@ -1,5 +1,6 @@
 #include "certs/pki.h"
 
+#include <atomic>
 #include <fstream>
 #include <sstream>
 
@@ -22,9 +23,46 @@ Result<std::string> read_file(const std::string& path) {
 
 std::shared_ptr<X509_STORE> new_store() { return {X509_STORE_new(), X509_STORE_free}; }
 
+std::uint64_t next_generation() {
+  static std::atomic<std::uint64_t> counter{0};
+  return ++counter;
+}
+
+// A fresh generation and an empty chain cache for the store's current
+// contents: every time X509_verify_cert compares the verification time with
+// (certificate notBefore/notAfter, CRL lastUpdate/nextUpdate).
+std::shared_ptr<ChainCache> new_cache(const PkiConfig& config, X509_STORE* store, std::uint64_t generation) {
+  std::vector<std::int64_t> times;
+  bool known = true;
+  auto add = [&](const ASN1_TIME* t) {
+    if (t == nullptr) return;
+    if (auto v = asn1_time_to_unix(t)) {
+      times.push_back(*v);
+    } else {
+      known = false;
+    }
+  };
+  STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(store);
+  for (int i = 0; objects != nullptr && i < sk_X509_OBJECT_num(objects); ++i) {
+    X509_OBJECT* obj = sk_X509_OBJECT_value(objects, i);
+    if (X509* cert = X509_OBJECT_get0_X509(obj); cert != nullptr) {
+      add(X509_get0_notBefore(cert));
+      add(X509_get0_notAfter(cert));
+    } else if (X509_CRL* crl = X509_OBJECT_get0_X509_CRL(obj); crl != nullptr) {
+      add(X509_CRL_get0_lastUpdate(crl));
+      add(X509_CRL_get0_nextUpdate(crl));
+    } else {
+      known = false;  // an object kind this code does not know the times of
+    }
+  }
+  ChainCacheLimits limits{config.chain_cache_entries, config.chain_cache_der_bytes};
+  return std::make_shared<ChainCache>(limits, generation, store, std::move(times), known);
+}
+
 }  // namespace
 
-PkiStore::PkiStore() : store_(new_store()) {}
+PkiStore::PkiStore()
+    : store_(new_store()), generation_(next_generation()), cache_(new_cache(config_, store_.get(), generation_)) {}
 
 Result<PkiStore> PkiStore::load(const PkiConfig& config) {
   PkiStore pki;
@@ -89,6 +127,9 @@ Result<PkiStore> PkiStore::load(const PkiConfig& config) {
       return st.error();
     }
   }
+  // The contents are final: a new generation, and a cache that knows them.
+  pki.generation_ = next_generation();
+  pki.cache_ = new_cache(config, pki.store_.get(), pki.generation_);
   return pki;
 }
 
