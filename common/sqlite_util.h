@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "common/raii/sqlite.h"
@@ -49,6 +50,10 @@ class Statement {
     sqlite3_bind_text(stmt_.get(), i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
+  Statement& bind_blob(int i, std::string_view v) {
+    sqlite3_bind_blob(stmt_.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
   template <std::size_t N>
   Statement& bind(int i, const std::array<std::uint8_t, N>& v) {
     sqlite3_bind_blob(stmt_.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
@@ -80,6 +85,10 @@ class Statement {
   }
   [[nodiscard]] const void* blob(int col) const { return sqlite3_column_blob(stmt_.get(), col); }
   [[nodiscard]] int bytes(int col) const { return sqlite3_column_bytes(stmt_.get(), col); }
+  [[nodiscard]] std::string blob_string(int col) const {
+    const auto* p = static_cast<const char*>(blob(col));
+    return p == nullptr ? std::string() : std::string(p, static_cast<std::size_t>(bytes(col)));
+  }
 
  private:
   sqlite3* db_;

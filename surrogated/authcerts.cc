@@ -89,6 +89,48 @@ Status AuthcertService::reload_pki(std::int64_t now) {
   return {};
 }
 
+Result<std::vector<ClosedAuthcert>> AuthcertService::reload(std::int64_t now) {
+  if (auto st = reload_pki(now); !st) {
+    return with_context("the trust anchors or CRLs did not load; the previous ones stay in force", st.error());
+  }
+  return reverify(now);
+}
+
+std::vector<ClosedAuthcert> AuthcertService::reverify(std::int64_t now) {
+  std::vector<ClosedAuthcert> closed;
+  auto in_force = store_.authcerts_in_force(now);
+  if (!in_force) {
+    log::error("pki: cannot list the authcerts in force: " + in_force.error().describe());
+    return closed;
+  }
+  for (const auto& a : *in_force) {
+    auto vm = store_.find_by_id(a.vm_id);
+    if (!vm || !vm->has_value() || (*vm)->state == "released") continue;
+    certs::VerifyOptions opt;
+    opt.expected_user_fingerprint = (*vm)->owner_fp;
+    auto cert = certs::verify_authcert(a.body, *pki_, now, opt);
+    if (cert) continue;
+    ClosedAuthcert c{a.id, (*vm)->name, cert.error().message, 0};
+    auto holes = store_.holes_of_authcert(a.id);
+    if (holes) {
+      for (const auto& h : *holes) {
+        if (h.vm_id != a.vm_id || h.expires <= now) continue;
+        if (auto st = enforcer_.remove_hole(**vm, h); !st) {
+          log::error("pki: closing hole " + std::to_string(h.id) + ": " + st.error().describe());
+          continue;
+        }
+        (void)store_.remove_hole(h.id, now, "authcert no longer verifies: " + c.reason);
+        ++c.holes;
+      }
+    }
+    log::warning("pki: authcert " + a.id + " of " + c.vm + " no longer verifies (" + c.reason + "); closed " +
+                 std::to_string(c.holes) + " hole(s)");
+    if (audit_) audit_("daemon", "authcert-closed", c.vm, {{"id", c.id}, {"reason", c.reason}, {"holes", c.holes}});
+    closed.push_back(std::move(c));
+  }
+  return closed;
+}
+
 Error AuthcertService::reject(const Error& e) {
   auto reason = certs::reject_reason_of(e);
   ++rejected_[reason ? std::string(certs::to_string(*reason)) : "other"];
@@ -133,6 +175,11 @@ Result<SubmittedAuthcert> AuthcertService::submit(const VmRecord& vm, std::strin
     return with_context("the kernel refused the hole (nothing was opened)", st.error());
   }
   ++accepted_;
+  // Kept while its holes are open, for verifying it again on a PKI reload.
+  if (auto st = store_.record_authcert_body(cert->id(), vm.id, bytes, now); !st) {
+    log::error("pki: authcert " + cert->id() +
+               " is open but could not be recorded for re-verification: " + st.error().describe());
+  }
   return SubmittedAuthcert{*cert, holes};
 }
 
@@ -180,6 +227,8 @@ void AuthcertService::released(const VmRecord& vm, const VmAddresses& /*addr*/) 
   }
   if (auto st = reload_pki(now); !st) log::error("pki: " + st.error().describe());
   log::info("pki: revoked " + std::to_string(serials->size()) + " node certificate(s) of " + vm.name);
+  // Authcerts that VM signed as a virtual node for other VMs close with it.
+  (void)reverify(now);
 }
 
 void AuthcertService::on_tick() {
@@ -188,7 +237,7 @@ void AuthcertService::on_tick() {
   if (now - last_crl_publish_ < 86400) return;
   last_crl_publish_ = now;
   if (auto st = host_ca_->publish_crl(now); !st) log::error("pki: cannot publish CRL: " + st.error().describe());
-  if (auto st = reload_pki(now); !st) log::error("pki: " + st.error().describe());
+  if (auto st = reload(now); !st) log::error("pki: " + st.error().describe());
 }
 
 }  // namespace sg

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,6 +24,15 @@
 
 namespace sg {
 
+// An authcert whose holes were closed because it no longer verifies (its
+// signer's certificate revoked, a trust anchor removed...).
+struct ClosedAuthcert {
+  std::string id;
+  std::string vm;
+  std::string reason;
+  std::size_t holes = 0;
+};
+
 struct SubmittedAuthcert {
   certs::VerifiedAuthcert cert;
   std::vector<HoleRecord> holes;
@@ -35,6 +46,14 @@ class AuthcertService final : public VmObserver, public EventSource {
   // and opens its holes in one transaction. Errors start with the reject
   // reason ("revoked: ..."), see certs::reject_reason_of().
   Result<SubmittedAuthcert> submit(const VmRecord& vm, std::string_view bytes, std::int64_t now);
+  // Reads the trust anchors and CRL files again (SIGHUP, `surrogatectl
+  // policy reload`); on error the previous set stays in force. Then every
+  // authcert in force is verified again and the holes of those that no
+  // longer verify are closed.
+  Result<std::vector<ClosedAuthcert>> reload(std::int64_t now);
+  // Decisions the daemon records in its audit table (actor, action, subject, details).
+  using Audit = std::function<void(const std::string&, const std::string&, const std::string&, const nlohmann::json&)>;
+  void set_audit(Audit audit) { audit_ = std::move(audit); }
   // Closes every hole of the authcert and refuses it from now on.
   Result<std::vector<HoleRecord>> revoke(const std::string& id, std::int64_t now);
   // A node certificate for the VM from the host CA, never outliving its lease.
@@ -61,6 +80,8 @@ class AuthcertService final : public VmObserver, public EventSource {
   // Rebuilds the PKI store: the owner's CA and CRL files plus the host CA and
   // its current CRL. On error the previous store stays in force.
   Status reload_pki(std::int64_t now);
+  // After every PKI reload: authcerts in force that no longer verify lose their holes.
+  std::vector<ClosedAuthcert> reverify(std::int64_t now);
   Error reject(const Error& e);
 
   const DaemonConfig& cfg_;
@@ -71,6 +92,7 @@ class AuthcertService final : public VmObserver, public EventSource {
   std::int64_t last_crl_publish_ = 0;
   std::uint64_t accepted_ = 0;
   std::map<std::string, std::uint64_t> rejected_;
+  Audit audit_;
 };
 
 // The holes one verified authcert opens for one VM: one per protocol and

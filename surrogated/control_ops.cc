@@ -298,10 +298,19 @@ nlohmann::json Daemon::op_list(const proto::Request& req, const Peer& peer) {
 nlohmann::json Daemon::op_policy_reload(const proto::Request& /*req*/, const Peer& peer) {
   if (!peer.admin)
     return proto::error_response("forbidden", "only root or group '" + cfg_.admin_group + "' may reload");
-  if (auto st = reload_policy("requested by uid " + std::to_string(peer.uid)); !st) {
+  const std::string why = "requested by uid " + std::to_string(peer.uid);
+  if (auto st = reload_policy(why); !st) {
+    (void)reload_pki(why);  // the CRLs are independent of the policy file
     return proto::error_response("bad_request", st.error().describe());
   }
-  return proto::ok_response({{"version", policy_->version}, {"file", cfg_.trust_policy}});
+  auto closed = reload_pki(why);
+  if (!closed) {
+    return proto::error_response("bad_request", "the policy was reloaded (version " + policy_->version.substr(0, 19) +
+                                                    "), but " + closed.error().describe());
+  }
+  nlohmann::json gone = nlohmann::json::array();
+  for (const auto& c : *closed) gone.push_back({{"id", c.id}, {"vm", c.vm}, {"reason", c.reason}, {"holes", c.holes}});
+  return proto::ok_response({{"version", policy_->version}, {"file", cfg_.trust_policy}, {"authcerts_closed", gone}});
 }
 
 nlohmann::json Daemon::op_policy_show(const proto::Request& req, const Peer& peer) {

@@ -131,8 +131,16 @@ int run_policy(const Globals& g, CLI::App* check, CLI::App* show, CLI::App* relo
   if (reload->parsed()) {
     auto r = call(g, "policy-reload", nlohmann::json::object(), nullptr, rc);
     if (!r) return rc;
+    if (g.json) {
+      std::cout << r->dump(2) << "\n";
+      return 0;
+    }
     std::cout << "policy " << r->value("file", "") << " in force (version " << r->value("version", "").substr(0, 19)
-              << ")\n";
+              << "); trust anchors and CRLs read again\n";
+    for (const auto& c : r->value("authcerts_closed", nlohmann::json::array())) {
+      std::cout << "closed: authcert " << c.value("id", "") << " of " << c.value("vm", "") << " ("
+                << c.value("holes", 0) << " hole(s)): " << c.value("reason", "") << "\n";
+    }
     return 0;
   }
   if (explain->parsed()) {

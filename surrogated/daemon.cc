@@ -85,6 +85,9 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   auto recorder = FlowRecorder::open(d->cfg_, d->store_);
   if (!recorder) return recorder.error();
   d->recorder_ = std::move(*recorder);
+  d->authcerts_->set_audit(
+      [r = d->recorder_.get()](const std::string& actor, const std::string& action, const std::string& subject,
+                               const nlohmann::json& details) { r->audit(actor, action, subject, details); });
   d->sources_.push_back(d->recorder_->conntrack_source());
   d->sources_.push_back(d->recorder_->nflog_source());
 
@@ -191,6 +194,17 @@ Status Daemon::reload_policy(const std::string& why) {
   return {};
 }
 
+Result<std::vector<ClosedAuthcert>> Daemon::reload_pki(const std::string& why) {
+  auto closed = authcerts_->reload(now_unix());
+  if (!closed) {
+    log::error("pki reload (" + why + ") refused: " + closed.error().describe());
+    return closed.error();
+  }
+  log::notice("pki reload (" + why + "): trust anchors and CRLs read again; " + std::to_string(closed->size()) +
+              " authcert(s) in force no longer verify and were closed");
+  return closed;
+}
+
 int Daemon::run() {
   // Signals arrive through a descriptor so the loop handles them in order.
   sigset_t mask;
@@ -248,6 +262,7 @@ int Daemon::run() {
       while (::read(sigfd.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
         if (si.ssi_signo == SIGHUP) {
           (void)reload_policy("SIGHUP");
+          (void)reload_pki("SIGHUP");
         } else {
           log::notice(std::string("received ") + strsignal(static_cast<int>(si.ssi_signo)) + ", shutting down");
           running = false;

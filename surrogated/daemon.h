@@ -48,6 +48,9 @@ class Daemon {
   // Loads the policy file and applies it to every running VM atomically; on
   // any error the running policy stays in force.
   Status reload_policy(const std::string& why);
+  // The trust anchors and CRL files read again; authcerts in force that no
+  // longer verify are closed (and returned).
+  Result<std::vector<ClosedAuthcert>> reload_pki(const std::string& why);
 
   // Who is asking: the verified signer (if the request is signed) and
   // whether the peer is an admin. Sets `err` and returns false when the

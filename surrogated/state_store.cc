@@ -78,6 +78,8 @@ Result<StateStore> StateStore::open(const std::string& path) {
       "CREATE INDEX IF NOT EXISTS holes_vm ON holes(vm_id);"
       "CREATE INDEX IF NOT EXISTS holes_authcert ON holes(authcert_id);"
       "CREATE TABLE IF NOT EXISTS revoked_authcerts (id TEXT PRIMARY KEY, revoked INTEGER NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS authcert_bodies (id TEXT NOT NULL, vm_id INTEGER NOT NULL, body BLOB NOT NULL,"
+      "  submitted INTEGER NOT NULL, PRIMARY KEY (id, vm_id));"
       "CREATE TABLE IF NOT EXISTS vm_certs (serial TEXT PRIMARY KEY, vm_id INTEGER NOT NULL, not_after INTEGER NOT "
       "NULL);"
       "CREATE TABLE IF NOT EXISTS blocks (prefix TEXT PRIMARY KEY, reason TEXT NOT NULL, created INTEGER NOT NULL);"
@@ -287,6 +289,26 @@ Result<std::vector<HoleRecord>> StateStore::open_holes(std::int64_t now, std::in
   Statement s(db_.get(), sql.c_str());
   s.bind(1, now).bind(2, vm_id).bind(3, vm_id);
   return read_holes(s);
+}
+
+Status StateStore::record_authcert_body(const std::string& id, std::int64_t vm_id, std::string_view body,
+                                        std::int64_t now) {
+  Statement s(db_.get(), "INSERT OR REPLACE INTO authcert_bodies (id, vm_id, body, submitted) VALUES (?, ?, ?, ?)");
+  s.bind(1, id).bind(2, vm_id).bind_blob(3, body).bind(4, now);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "recording authcert " + id);
+  return {};
+}
+
+Result<std::vector<AuthcertInForce>> StateStore::authcerts_in_force(std::int64_t now) const {
+  Statement s(db_.get(),
+              "SELECT b.id, b.vm_id, b.body FROM authcert_bodies b WHERE EXISTS (SELECT 1 FROM holes h WHERE "
+              "h.authcert_id=b.id AND h.vm_id=b.vm_id AND h.removed=0 AND h.expires>?) ORDER BY b.submitted");
+  s.bind(1, now);
+  std::vector<AuthcertInForce> out;
+  int rc = 0;
+  while ((rc = s.step()) == SQLITE_ROW) out.push_back({s.text(0), s.integer(1), s.blob_string(2)});
+  if (rc != SQLITE_DONE) return db_error(db_.get(), "reading authcerts in force");
+  return out;
 }
 
 Result<std::vector<std::uint32_t>> StateStore::used_hole_minors(std::int64_t now) const {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/raii/sqlite.h"
@@ -55,6 +56,14 @@ struct HoleRecord {
   std::uint32_t tc_minor = 0;  // its own tc class (docs/shaping.md); 0: the VM's shared "nodes" class
 };
 
+// An authcert as it was submitted for one VM: kept while it has open holes,
+// so a reload of the trust anchors or CRLs can verify it again.
+struct AuthcertInForce {
+  std::string id;
+  std::int64_t vm_id = 0;
+  std::string body;  // the submitted bytes (PEM or DER)
+};
+
 // A VM's GRE tunnel to its client (docs/tunnel.md). One per VM; the row
 // exists exactly while the tunnel should: a restart rebuilds every row.
 struct TunnelRecord {
@@ -84,6 +93,10 @@ class StateStore {
   Status remove_hole(std::int64_t id, std::int64_t when, const std::string& reason);
   // Holes still open (not removed, not expired at `now`), optionally of one VM.
   Result<std::vector<HoleRecord>> open_holes(std::int64_t now, std::int64_t vm_id = 0) const;
+  // The submitted bytes of an authcert that opened holes for vm_id.
+  Status record_authcert_body(const std::string& id, std::int64_t vm_id, std::string_view body, std::int64_t now);
+  // Authcerts with at least one open hole, with their bytes.
+  Result<std::vector<AuthcertInForce>> authcerts_in_force(std::int64_t now) const;
   // tc minors of the open holes that have a class of their own.
   Result<std::vector<std::uint32_t>> used_hole_minors(std::int64_t now) const;
   // Every hole an authcert ever opened, open or not, newest first.

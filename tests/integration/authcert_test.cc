@@ -135,6 +135,39 @@ TEST_F(AuthcertTest, RevokedNodeCertificateIsRefused) {
   EXPECT_FALSE(t.tcp_reaches(vm_, t.nodeA.v4, 8080));
 }
 
+// An authcert in force whose signer is revoked afterwards: the owner
+// installs the new CRL and reloads; the hole closes at once, and says why.
+TEST_F(AuthcertTest, ReloadedCrlClosesTheHolesOfARevokedSigner) {
+  auto& t = *topo_;
+  std::string cert = sign(alice_, t.nodeA.v4 + ":8080", "tcp", "1h", "grant");
+  auto sub = t.ctl_json({"authcert", "submit", vm_, cert}, alice_);
+  ASSERT_TRUE(sub.contains("id")) << sub.dump();
+  ASSERT_TRUE(t.tcp_reaches(vm_, t.nodeA.v4, 8080));
+  // A reload with nothing revoked keeps it open.
+  auto same = t.ctl({"policy", "reload"});
+  ASSERT_EQ(same.code, 0) << same.err;
+  EXPECT_EQ(same.out.find("closed:"), std::string::npos) << same.out;
+  EXPECT_TRUE(t.tcp_reaches(vm_, t.nodeA.v4, 8080));
+  auto r = run({"bash", "-c",
+                "cd " + pki_ +
+                    " && openssl ca -config ca.cnf -revoke node.pem -keyfile ca.key -cert ca.pem 2>/dev/null && "
+                    "openssl ca -config ca.cnf -gencrl -keyfile ca.key -cert ca.pem -out crl.pem 2>/dev/null"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto reload = t.ctl({"policy", "reload"});
+  ASSERT_EQ(reload.code, 0) << reload.err;
+  EXPECT_NE(reload.out.find("closed: authcert " + sub["id"].get<std::string>()), std::string::npos) << reload.out;
+  EXPECT_NE(reload.out.find("revoked"), std::string::npos) << reload.out;
+  EXPECT_FALSE(t.tcp_reaches(vm_, t.nodeA.v4, 8080));
+  EXPECT_TRUE(t.ctl_json({"authcert", "list", vm_}, alice_).empty());
+  auto audit = t.ctl({"audit", "list"});
+  EXPECT_NE(audit.out.find("authcert-closed"), std::string::npos) << audit.out;
+  // A CRL file that does not load: refused, the previous set stays in force.
+  write_file(pki_ + "/crl.pem", "not a CRL");
+  auto bad = t.ctl({"policy", "reload"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("previous ones stay in force"), std::string::npos) << bad.err;
+}
+
 TEST_F(AuthcertTest, HoleClosesInTheKernelAtTheAuthcertsEnd) {
   auto& t = *topo_;
   std::string cert = sign(alice_, t.nodeA.v4, "icmp", "3s", "short");
