@@ -121,6 +121,10 @@ class Compiler {
   [[nodiscard]] std::string vm_text(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
 
   [[nodiscard]] const CompileOptions& options() const { return opt_; }
+  // The per-destination meters shared by all VMs (keyed by iifname first).
+  [[nodiscard]] static std::vector<std::string> meter_sets() {
+    return {"dst_pps_v4", "dst_bps_v4", "dst_pps_v6", "dst_bps_v6"};
+  }
 
  private:
   struct VmParts {

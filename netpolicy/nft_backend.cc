@@ -189,6 +189,19 @@ class RuleBuilder {
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_DREG, reg);
     add(std::move(e));
   }
+  // `meta KEY set` / `ct KEY set` from register reg.
+  void meta_store(std::uint32_t key, std::uint32_t reg) {
+    auto e = make("meta");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, key);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_SREG, reg);
+    add(std::move(e));
+  }
+  void ct_store(std::uint32_t key, std::uint32_t reg) {
+    auto e = make("ct");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, key);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_SREG, reg);
+    add(std::move(e));
+  }
   void payload_load(std::uint32_t base, std::uint32_t offset, std::uint32_t len, std::uint32_t reg) {
     auto e = make("payload");
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_DREG, reg);
@@ -578,26 +591,17 @@ class RuleCompiler {
   }
   Status compile_statement(const CtMarkSet& c) {
     b_.immediate_data(NFT_REG_1, host32_bytes(c.mark));
-    auto e = RuleBuilder::make("ct");
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_SREG, NFT_REG_1);
-    b_.add(std::move(e));
+    b_.ct_store(NFT_CT_MARK, NFT_REG_1);
     return {};
   }
   Status compile_statement(const PrioritySet& p) {
     b_.immediate_data(NFT_REG_1, host32_bytes(p.priority));
-    auto e = RuleBuilder::make("meta");
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, NFT_META_PRIORITY);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_SREG, NFT_REG_1);
-    b_.add(std::move(e));
+    b_.meta_store(NFT_META_PRIORITY, NFT_REG_1);
     return {};
   }
   Status compile_statement(const MarkSet& m) {
     b_.immediate_data(NFT_REG_1, host32_bytes(m.mark));
-    auto e = RuleBuilder::make("meta");
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, NFT_META_MARK);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_SREG, NFT_REG_1);
-    b_.add(std::move(e));
+    b_.meta_store(NFT_META_MARK, NFT_REG_1);
     return {};
   }
   Status compile_statement(const MssSet& m) {
@@ -633,10 +637,7 @@ class RuleCompiler {
     nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, p.map.c_str());
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_DREG, NFT_REG_1);
     b_.add(std::move(e));
-    auto set = RuleBuilder::make("meta");
-    nftnl_expr_set_u32(set.get(), NFTNL_EXPR_META_KEY, NFT_META_PRIORITY);
-    nftnl_expr_set_u32(set.get(), NFTNL_EXPR_META_SREG, NFT_REG_1);
-    b_.add(std::move(set));
+    b_.meta_store(NFT_META_PRIORITY, NFT_REG_1);
     return {};
   }
   Status compile_statement(const MeterUpdate& u) {
@@ -1355,6 +1356,93 @@ Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table,
   if (key.empty()) return make_error("set " + name + " has no key type");
   decl.key = std::move(key);
   return decl;
+}
+
+Result<std::vector<Bytes>> NftBackend::element_keys(TableFamily family, const std::string& table,
+                                                    const std::string& name) {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 4);
+  auto query = new_set_handle(family, table, name);
+  const std::uint32_t seq = seq_++;
+  auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETSETELEM, nfproto_of(family), NLM_F_DUMP, seq);
+  nftnl_set_elems_nlmsg_build_payload(nlh, query.get());
+  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
+    return make_sys_error("asking for the elements of " + name);
+  std::vector<Bytes> keys;
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
+    if (n < 0) return make_sys_error("reading the elements of " + name);
+    auto* r = reinterpret_cast<nlmsghdr*>(buf.data());
+    int len = static_cast<int>(n);
+    bool done = false;
+    while (mnl_nlmsg_ok(r, len)) {
+      if (r->nlmsg_seq == seq) {
+        if (r->nlmsg_type == NLMSG_DONE) {
+          done = true;
+        } else if (r->nlmsg_type == NLMSG_ERROR) {
+          auto* e = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(r));
+          if (e->error != 0) return make_sys_error("elements of set " + name + " in table " + table, -e->error);
+          done = true;
+        } else if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWSETELEM) {
+          nft::Set part(nftnl_set_alloc());
+          if (nftnl_set_elems_nlmsg_parse(r, part.get()) < 0) return make_sys_error("parsing elements of " + name);
+          auto* it = nftnl_set_elems_iter_create(part.get());
+          if (it == nullptr) return make_error("out of memory reading the elements of " + name);
+          for (auto* el = nftnl_set_elems_iter_next(it); el != nullptr; el = nftnl_set_elems_iter_next(it)) {
+            std::uint32_t klen = 0;
+            const auto* k = static_cast<const std::uint8_t*>(nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen));
+            if (k != nullptr) keys.emplace_back(k, k + klen);
+          }
+          nftnl_set_elems_iter_destroy(it);
+        }
+      }
+      r = mnl_nlmsg_next(r, &len);
+    }
+    if (done) break;
+  }
+  return keys;
+}
+
+Result<std::size_t> NftBackend::purge_elements(TableFamily family, const std::string& table, const std::string& set,
+                                               const Bytes& key_prefix) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto decl = kernel_set(family, table, set);
+    if (!decl) return decl.error();
+    auto keys = element_keys(family, table, set);
+    if (!keys) return keys.error();
+    const bool concat = decl->key.size() > 1;
+    std::vector<SetElement> doomed;
+    for (const auto& k : *keys) {
+      if (k.size() < key_prefix.size() || !std::equal(key_prefix.begin(), key_prefix.end(), k.begin())) continue;
+      // The kernel's key is the parts back to back (padded to 4 bytes each
+      // when concatenated): split it the way add_elements_to() joins it.
+      SetElement e;
+      std::size_t off = 0;
+      for (auto kt : decl->key) {
+        const std::uint32_t part = key_spec(kt).len;
+        if (off + part > k.size()) break;
+        e.key.push_back(
+            {Bytes(k.begin() + static_cast<std::ptrdiff_t>(off), k.begin() + static_cast<std::ptrdiff_t>(off + part)),
+             {}});
+        off += concat ? round4(part) : part;
+      }
+      if (e.key.size() == decl->key.size()) doomed.push_back(std::move(e));
+    }
+    if (doomed.empty()) return std::size_t{0};
+    Plan plan;
+    Op op;
+    op.kind = Op::Kind::delete_elements;
+    op.family = family;
+    op.table = table;
+    op.name = set;
+    op.set = *decl;
+    op.elements = std::move(doomed);
+    const std::size_t count = op.elements.size();
+    plan.ops.push_back(std::move(op));
+    auto st = apply(plan);
+    if (st) return count;
+    if (st.error().sys_errno != ENOENT) return st.error();  // else one timed out meanwhile: dump again
+  }
+  return make_error("elements of " + set + " kept timing out while being purged; they go on their own");
 }
 
 Result<bool> NftBackend::table_exists(TableFamily family, const std::string& name) {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/raii/nftnl.h"
 #include "common/result.h"
@@ -38,6 +39,13 @@ class NftBackend {
   Result<QuotaObject> read_quota(TableFamily family, const std::string& table, const std::string& name,
                                  bool reset = false);
 
+  // Deletes every element of a set whose key starts with key_prefix (a
+  // released VM's entries of a meter shared by all VMs, keyed by its
+  // interface name first). Returns how many went. Elements that time out
+  // meanwhile are tolerated (the dump is retried).
+  Result<std::size_t> purge_elements(TableFamily family, const std::string& table, const std::string& set,
+                                     const Bytes& key_prefix);
+
   // The netlink port id of this socket. Kernel notifications about changes
   // made through it carry it as nlmsg_pid, which is how NftMonitor tells our
   // own transactions from someone else's.
@@ -47,6 +55,8 @@ class NftBackend {
   explicit NftBackend(nft::MnlSocket sock);
   // The declaration of an existing set, read back from the kernel.
   Result<Set> kernel_set(TableFamily family, const std::string& table, const std::string& name);
+  // The keys of every element of a set, as the kernel stores them.
+  Result<std::vector<Bytes>> element_keys(TableFamily family, const std::string& table, const std::string& name);
   nft::MnlSocket sock_;
   std::uint32_t seq_ = 0;
 };

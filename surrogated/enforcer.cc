@@ -111,6 +111,14 @@ void Enforcer::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
     // next full install cleans it. Say so rather than fail the release.
     log::error("nftables: could not remove rules of " + vm.name + ": " + st.error().describe());
   }
+  // Its entries in the meters shared by all VMs (keyed by its interface
+  // first): they would time out within a minute; a release leaves nothing.
+  for (const auto& meter : netpolicy::Compiler::meter_sets()) {
+    auto purged =
+        backend_.purge_elements(netpolicy::TableFamily::inet, opt_.table, meter, netpolicy::ifname_bytes(vm.name));
+    if (!purged)
+      log::warning("nftables: meter entries of " + vm.name + " in " + meter + ": " + purged.error().describe());
+  }
   installed_.erase(it);
 }
 

@@ -187,6 +187,12 @@ TEST_F(EnforcementTest, PerDestinationMeterLimitsEachVmOnItsOwn) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_EQ(t.sensor(t.internet.ns) - after_flood, 50U);
   EXPECT_EQ(t.drop_counter(other + " dest-rate"), 0U);
+  // Released: its meter entries go with it, the other VM's stay.
+  auto meter = [&] { return t.in_ns(t.host_ns(), {"nft", "list", "set", "inet", "surrogated", "dst_pps_v4"}).out; };
+  ASSERT_NE(meter().find("\"" + flooder + "\""), std::string::npos) << meter();
+  ASSERT_EQ(t.ctl({"release", flooder}, trusted_key_).code, 0);
+  EXPECT_EQ(meter().find("\"" + flooder + "\""), std::string::npos) << meter();
+  EXPECT_NE(meter().find("\"" + other + "\""), std::string::npos) << meter();
 }
 
 TEST_F(EnforcementTest, SpoofedSourceAddressAndMacAreDropped) {
