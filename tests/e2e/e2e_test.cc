@@ -38,35 +38,6 @@ std::string guest_dir() {
   return env != nullptr ? env : std::string(SG_SOURCE_DIR) + "/build/e2e-guest";
 }
 
-// The lab's stand-in internet is made of documentation ranges, which the
-// default policy treats as reserved: lift them for the lab only (as the
-// integration tier does).
-std::string lab_policy(const std::string& semi_fp, const std::string& trusted_fp) {
-  return R"(
-[guardrails]
-allow_reserved = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]
-block = ["203.0.113.192/27", "2001:db8:bad::/48"]
-
-[[clients.rules]]
-name = "lab machine"
-fingerprint = ")" +
-         semi_fp + R"("
-level = "semi-trusted"
-
-[[clients.rules]]
-name = "owner"
-fingerprint = ")" +
-         trusted_fp + R"("
-level = "trusted"
-
-[levels.semi-trusted]
-tcp = ["203.0.113.32/28:80", "[2001:db8:e::/64]:80"]
-udp = ["203.0.113.34:5353"]
-icmp = ["echo-request"]
-icmpv6 = ["echo-request"]
-)";
-}
-
 // Check lists, one template each. Addresses: Topology (client 203.0.113.2,
 // nodeA 203.0.113.18, internet 203.0.113.34 and the reserved and blocked
 // prefixes routed to it). "wait:CLIENT:PORT" is a barrier the test opens by
@@ -186,7 +157,7 @@ openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30
     untrusted_key_ = topo_->keygen("untrusted");
     semi_key_ = topo_->keygen("semi");
     trusted_key_ = topo_->keygen("trusted");
-    ASSERT_TRUE(topo_->start(lab_policy(topo_->fingerprint(semi_key_), topo_->fingerprint(trusted_key_))))
+    ASSERT_TRUE(topo_->start(lab_trust_policy(topo_->fingerprint(semi_key_), topo_->fingerprint(trusted_key_))))
         << topo_->daemon().log();
   }
 

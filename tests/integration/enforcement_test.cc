@@ -14,32 +14,9 @@
 namespace sg::test {
 namespace {
 
-// The lab's stand-in internet is made of documentation ranges, which the
-// default policy (rightly) treats as reserved: lift them for the lab only.
+// The lab policy (topology.h) with this tier's rates: every level metered.
 std::string lab_policy(const std::string& semi_fp, const std::string& trusted_fp) {
-  return R"(
-[guardrails]
-allow_reserved = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]
-block = ["203.0.113.192/27", "2001:db8:bad::/48"]
-
-[[clients.rules]]
-name = "lab machine"
-fingerprint = ")" +
-         semi_fp + R"("
-level = "semi-trusted"
-
-[[clients.rules]]
-name = "owner"
-fingerprint = ")" +
-         trusted_fp + R"("
-level = "trusted"
-
-[levels.semi-trusted]
-tcp = ["203.0.113.32/28:80", "[2001:db8:e::/64]:80"]
-udp = ["203.0.113.34:5353"]
-icmp = ["echo-request"]
-icmpv6 = ["echo-request"]
-per_destination = { packets = 50, kbit = 1000 }
+  return lab_trust_policy(semi_fp, trusted_fp, R"(per_destination = { packets = 50, kbit = 1000 }
 syn_per_second = 50
 
 [levels.trusted]
@@ -49,7 +26,7 @@ syn_per_second = 100
 [levels.untrusted]
 per_destination = { packets = 50, kbit = 1000 }
 syn_per_second = 50
-)";
+)");
 }
 
 class EnforcementTest : public ::testing::Test {

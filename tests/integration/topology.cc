@@ -229,4 +229,30 @@ openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30
   return run({"bash", "-c", script});
 }
 
+std::string lab_trust_policy(const std::string& semi_fp, const std::string& trusted_fp, const std::string& semi_more) {
+  return R"(
+[guardrails]
+allow_reserved = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]
+block = ["203.0.113.192/27", "2001:db8:bad::/48"]
+
+[[clients.rules]]
+name = "lab machine"
+fingerprint = ")" +
+         semi_fp + R"("
+level = "semi-trusted"
+
+[[clients.rules]]
+name = "owner"
+fingerprint = ")" +
+         trusted_fp + R"("
+level = "trusted"
+
+[levels.semi-trusted]
+tcp = ["203.0.113.32/28:80", "[2001:db8:e::/64]:80"]
+udp = ["203.0.113.34:5353"]
+icmp = ["echo-request"]
+icmpv6 = ["echo-request"]
+)" + semi_more;
+}
+
 }  // namespace sg::test

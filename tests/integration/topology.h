@@ -88,6 +88,13 @@ class Topology {
 };
 
 std::string sgprobe_bin();
+// The lab's trust policy: the stand-in internet is made of documentation
+// ranges, which the default policy (rightly) treats as reserved, so the lab
+// lifts them; a block list; `semi_fp` semi-trusted with small allowlists,
+// `trusted_fp` trusted. `semi_more` continues the [levels.semi-trusted]
+// table (more keys, then further tables).
+std::string lab_trust_policy(const std::string& semi_fp, const std::string& trusted_fp,
+                             const std::string& semi_more = "");
 // A lab PKI made with the openssl CLI as docs/authcert.md shows: ca.pem,
 // crl.pem, and nodeA's node.key / node.pem, in `dir`.
 RunResult make_lab_pki(const std::string& dir);
