@@ -201,38 +201,8 @@ double thread_cpu_seconds() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-test::RunResult must(const std::vector<std::string>& argv, const std::string& ns = "") {
-  test::RunOptions o;
-  o.netns = ns;
-  auto r = test::run(argv, o);
-  if (r.code != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += a + " ";
-    throw std::runtime_error("command failed" + (ns.empty() ? "" : " in " + ns) + ": " + cmd + "(" +
-                             std::to_string(r.code) + "): " + r.err);
-  }
-  return r;
-}
-
-// Moves the calling thread into a named network namespace, and back on
-// destruction (aborts rather than carry on in the wrong namespace).
-class EnterNetns {
- public:
-  explicit EnterNetns(const std::string& name) : original_(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) {
-    Fd target(::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!original_.valid() || !target.valid() || setns(target.get(), CLONE_NEWNET) != 0) {
-      throw std::runtime_error("cannot enter network namespace " + name);
-    }
-  }
-  ~EnterNetns() {
-    if (setns(original_.get(), CLONE_NEWNET) != 0) std::abort();
-  }
-  EnterNetns(const EnterNetns&) = delete;
-  EnterNetns& operator=(const EnterNetns&) = delete;
-
- private:
-  Fd original_;
-};
+using test::EnterNetns;
+using test::must;
 
 // A SELECT of integers through the FlowLog's own connection (read only).
 std::vector<std::int64_t> query_ints(sqlite3* db, const std::string& sql) {
@@ -437,6 +407,7 @@ LiveResult run_live(const Options& o, const std::string& dir) {
   std::vector<int> socks;
   {
     EnterNetns in_guest(guest_name);
+    if (!in_guest.ok()) throw std::runtime_error("cannot enter network namespace " + guest_name);
     for (int i = 0; i < nsocks; ++i) {
       Fd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
       sockaddr_in a{};
@@ -453,6 +424,7 @@ LiveResult run_live(const Options& o, const std::string& dir) {
 
   // The pipeline runs in this thread, in the host namespace, as the daemon's does.
   EnterNetns in_host(host_name);
+  if (!in_host.ok()) throw std::runtime_error("cannot enter network namespace " + host_name);
   ConntrackListener::Options co;  // the daemon's default: 16 MiB receive buffer
   co.receive_buffer_bytes = 16384 * 1024;
   auto listener = ConntrackListener::open(co);

@@ -193,32 +193,12 @@ double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std
 // to the original one (aborts rather than carry on in the wrong namespace).
 template <class F>
 auto in_netns(const std::string& name, F&& fn) {
-  Fd original(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-  Fd target(::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!original.valid() || !target.valid() || setns(target.get(), CLONE_NEWNET) != 0) {
-    throw std::runtime_error("cannot enter network namespace " + name);
-  }
-  struct Back {
-    int fd;
-    ~Back() {
-      if (setns(fd, CLONE_NEWNET) != 0) std::abort();
-    }
-  } back{original.get()};
+  test::EnterNetns enter(name);
+  if (!enter.ok()) throw std::runtime_error("cannot enter network namespace " + name);
   return fn();
 }
 
-test::RunResult must(const std::vector<std::string>& argv, const std::string& ns = "") {
-  test::RunOptions o;
-  o.netns = ns;
-  auto r = test::run(argv, o);
-  if (r.code != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += a + " ";
-    throw std::runtime_error("command failed" + (ns.empty() ? "" : " in " + ns) + ": " + cmd + "(" +
-                             std::to_string(r.code) + "): " + r.err);
-  }
-  return r;
-}
+using test::must;
 
 // A background process (the iperf3 server) started by us, stopped by its PID.
 class Child {

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -14,9 +15,34 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 namespace sg::test {
+
+RunResult must(const std::vector<std::string>& argv, const std::string& netns) {
+  RunOptions o;
+  o.netns = netns;
+  auto r = run(argv, o);
+  if (r.code != 0) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += a + " ";
+    throw std::runtime_error("command failed" + (netns.empty() ? "" : " in " + netns) + ": " + cmd + "(" +
+                             std::to_string(r.code) + "): " + r.err);
+  }
+  return r;
+}
+
+EnterNetns::EnterNetns(const std::string& name) : original_(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) {
+  const int target = ::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC);
+  ok_ = original_ >= 0 && target >= 0 && setns(target, CLONE_NEWNET) == 0;
+  if (target >= 0) ::close(target);
+}
+
+EnterNetns::~EnterNetns() {
+  if (ok_ && setns(original_, CLONE_NEWNET) != 0) std::abort();  // never run on in a test namespace
+  if (original_ >= 0) ::close(original_);
+}
 
 std::string surrogated_bin() { return SG_SURROGATED_BIN; }
 std::string surrogatectl_bin() { return SG_SURROGATECTL_BIN; }

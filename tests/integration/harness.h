@@ -29,6 +29,25 @@ struct RunOptions {
 };
 
 RunResult run(const std::vector<std::string>& argv, const RunOptions& opts = {});
+// run(), or a std::runtime_error naming the command when it exits non-zero
+// (for benchmarks and setup steps that cannot go on without it).
+RunResult must(const std::vector<std::string>& argv, const std::string& netns = "");
+
+// Moves the calling thread into a named network namespace for its lifetime
+// (a netlink socket opened meanwhile stays there) and back at the end; it
+// aborts rather than let the thread run on in the wrong namespace.
+class EnterNetns {
+ public:
+  explicit EnterNetns(const std::string& name);
+  ~EnterNetns();
+  EnterNetns(const EnterNetns&) = delete;
+  EnterNetns& operator=(const EnterNetns&) = delete;
+  [[nodiscard]] bool ok() const { return ok_; }
+
+ private:
+  int original_ = -1;
+  bool ok_ = false;
+};
 
 // A named network namespace (ip netns add/del) with lo up.
 class Netns {

@@ -23,6 +23,8 @@
 namespace sg {
 namespace {
 
+using test::EnterNetns;
+
 using netpolicy::ConntrackListener;
 using netpolicy::DropEvent;
 using netpolicy::FlowEvent;
@@ -49,28 +51,6 @@ table inet sgfltest {
 }
 )";
 
-// Moves the calling thread into a named namespace and back on destruction.
-class EnterNetns {
- public:
-  explicit EnterNetns(const std::string& name) {
-    original_ = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    const int target = ::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC);
-    entered_ = original_ >= 0 && target >= 0 && setns(target, CLONE_NEWNET) == 0;
-    if (target >= 0) ::close(target);
-  }
-  ~EnterNetns() {
-    if (entered_) setns(original_, CLONE_NEWNET);
-    if (original_ >= 0) ::close(original_);
-  }
-  EnterNetns(const EnterNetns&) = delete;
-  EnterNetns& operator=(const EnterNetns&) = delete;
-  [[nodiscard]] bool entered() const { return entered_; }
-
- private:
-  int original_ = -1;
-  bool entered_ = false;
-};
-
 class ListenersTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -89,7 +69,7 @@ class ListenersTest : public ::testing::Test {
     test::write_file(dir_ + "/rules.nft", kRules);
     must(host_->exec({"nft", "-f", dir_ + "/rules.nft"}));
     enter_ = std::make_unique<EnterNetns>(host_->name());
-    ASSERT_TRUE(enter_->entered()) << "cannot enter namespace " << host_->name();
+    ASSERT_TRUE(enter_->ok()) << "cannot enter namespace " << host_->name();
   }
 
   void TearDown() override {

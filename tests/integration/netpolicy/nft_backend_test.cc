@@ -23,32 +23,13 @@
 namespace sg::netpolicy {
 namespace {
 
+using test::EnterNetns;
+
 using test::Netns;
 using test::RunResult;
 
 std::string ns_prefix() { return "sgnft" + std::to_string(getpid()) + "-"; }
 
-// Moves the calling thread into a named namespace for its lifetime, so the
-// backend's socket is opened there; returns to the original one at the end.
-class EnterNetns {
- public:
-  explicit EnterNetns(const std::string& name) {
-    Fd target(::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!original_.valid() || !target.valid() || setns(target.get(), CLONE_NEWNET) != 0) {
-      ok_ = false;
-    }
-  }
-  ~EnterNetns() {
-    if (setns(original_.get(), CLONE_NEWNET) != 0) std::abort();  // never run on in a test namespace
-  }
-  EnterNetns(const EnterNetns&) = delete;
-  EnterNetns& operator=(const EnterNetns&) = delete;
-  [[nodiscard]] bool ok() const { return ok_; }
-
- private:
-  Fd original_{::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)};
-  bool ok_ = true;
-};
 
 // Removes what differs between two loads of the same ruleset but is not
 // policy: element expiry countdowns and rule handles.

@@ -19,23 +19,8 @@
 namespace sg::netpolicy {
 namespace {
 
-class EnterNetns {
- public:
-  explicit EnterNetns(const std::string& name) {
-    Fd target(::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
-    ok_ = original_.valid() && target.valid() && setns(target.get(), CLONE_NEWNET) == 0;
-  }
-  ~EnterNetns() {
-    if (setns(original_.get(), CLONE_NEWNET) != 0) std::abort();  // never run on in a test namespace
-  }
-  EnterNetns(const EnterNetns&) = delete;
-  EnterNetns& operator=(const EnterNetns&) = delete;
-  [[nodiscard]] bool ok() const { return ok_; }
+using test::EnterNetns;
 
- private:
-  Fd original_{::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)};
-  bool ok_ = true;
-};
 
 // Rule handles and element order differ between two loads; the rest must not.
 std::string netlink_listing(const test::Netns& ns, const std::string& table) {
