@@ -63,9 +63,11 @@ std::string pool_text(const std::vector<Prefix>& pool) {
   return out;
 }
 
-// issued.txt: "<serial> <not_after> <vm name>"; revoked.txt: "<serial> <revoked_at>".
-Result<std::vector<IssuedRecord>> load_issued(const std::string& path) {
-  std::vector<IssuedRecord> out;
+// The ledger files, one record per line; a line `parse` cannot read is
+// reported as damaged with its file and line number. A missing file is empty.
+template <class Record, class Parse>
+Result<std::vector<Record>> load_lines(const std::string& path, Parse parse) {
+  std::vector<Record> out;
   if (!exists(path)) return out;
   auto text = read_text(path);
   if (!text) return text.error();
@@ -76,31 +78,27 @@ Result<std::vector<IssuedRecord>> load_issued(const std::string& path) {
     ++n;
     if (line.empty()) continue;
     std::istringstream ls(line);
-    IssuedRecord r;
-    if (!(ls >> r.serial >> r.not_after)) return make_error(path + ":" + std::to_string(n) + ": damaged line");
-    std::getline(ls >> std::ws, r.vm_name);
-    out.push_back(r);
+    Record r;
+    if (!parse(ls, r)) return make_error(path + ":" + std::to_string(n) + ": damaged line");
+    out.push_back(std::move(r));
   }
   return out;
 }
 
+// issued.txt: "<serial> <not_after> <vm name>".
+Result<std::vector<IssuedRecord>> load_issued(const std::string& path) {
+  return load_lines<IssuedRecord>(path, [](std::istringstream& ls, IssuedRecord& r) {
+    if (!(ls >> r.serial >> r.not_after)) return false;
+    std::getline(ls >> std::ws, r.vm_name);
+    return true;
+  });
+}
+
+// revoked.txt: "<serial> <revoked_at>".
 Result<std::vector<RevokedEntry>> load_revoked(const std::string& path) {
-  std::vector<RevokedEntry> out;
-  if (!exists(path)) return out;
-  auto text = read_text(path);
-  if (!text) return text.error();
-  std::istringstream in(*text);
-  std::string line;
-  int n = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.empty()) continue;
-    std::istringstream ls(line);
-    RevokedEntry r;
-    if (!(ls >> r.serial_hex >> r.revoked_at)) return make_error(path + ":" + std::to_string(n) + ": damaged line");
-    out.push_back(r);
-  }
-  return out;
+  return load_lines<RevokedEntry>(path, [](std::istringstream& ls, RevokedEntry& r) {
+    return static_cast<bool>(ls >> r.serial_hex >> r.revoked_at);
+  });
 }
 
 }  // namespace
