@@ -14,18 +14,13 @@
 #include <cstring>
 
 #include "common/raii/fd.h"
+#include "netpolicy/netlink_drain.h"
 
 namespace sg::netpolicy {
 
 namespace {
 
 constexpr const char* kSysctlDir = "/proc/sys/net/netfilter/";
-
-std::int64_t wall_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
 
 // Attributes of one nesting level, indexed by type; types beyond the table are ignored.
 template <std::size_t N>
@@ -263,36 +258,22 @@ int ConntrackListener::fd() const { return mnl_socket_get_fd(sock_.get()); }
 
 std::vector<FlowEvent> ConntrackListener::read_events() {
   std::vector<FlowEvent> out;
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 4);
-  bool overrun_reported = false;
-  for (;;) {
-    ssize_t n = recv(fd(), buf.data(), buf.size(), MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == ENOBUFS) {
+  drain_netlink(
+      fd(), MNL_SOCKET_BUFFER_SIZE * 4,
+      [&](std::int64_t now, bool first) {
         ++overruns_;
+        if (!first) return;
         // One gap per call is enough: the resync covers every loss before it.
-        if (!overrun_reported) {
-          FlowEvent gap;
-          gap.kind = FlowEvent::Kind::gap;
-          gap.observed_ns = wall_ns();
-          gap.detail = "ENOBUFS on conntrack event socket: the kernel dropped flow events";
-          out.push_back(std::move(gap));
-          overrun_reported = true;
-        }
-        continue;
-      }
-      break;  // EAGAIN: nothing more queued
-    }
-    const std::int64_t now = wall_ns();
-    const auto* nlh = reinterpret_cast<const nlmsghdr*>(buf.data());
-    int len = static_cast<int>(n);
-    while (mnl_nlmsg_ok(nlh, len)) {
-      auto ev = parse_conntrack_message(nlh, now);
-      if (ev && ev->mark != 0 && ev->kind != FlowEvent::Kind::open) out.push_back(std::move(*ev));
-      nlh = mnl_nlmsg_next(nlh, &len);
-    }
-  }
+        FlowEvent gap;
+        gap.kind = FlowEvent::Kind::gap;
+        gap.observed_ns = now;
+        gap.detail = "ENOBUFS on conntrack event socket: the kernel dropped flow events";
+        out.push_back(std::move(gap));
+      },
+      [&](const nlmsghdr* nlh, std::int64_t now) {
+        auto ev = parse_conntrack_message(nlh, now);
+        if (ev && ev->mark != 0 && ev->kind != FlowEvent::Kind::open) out.push_back(std::move(*ev));
+      });
   return out;
 }
 

@@ -15,17 +15,13 @@
 #include <charconv>
 #include <cstring>
 
+#include "netpolicy/netlink_drain.h"
+
 namespace sg::netpolicy {
 
 namespace {
 
 using Attrs = std::array<const nlattr*, NFULA_MAX + 1>;
-
-std::int64_t wall_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
 
 std::uint32_t get_be32(const nlattr* a) {
   return a != nullptr && mnl_attr_validate(a, MNL_TYPE_U32) >= 0 ? be32toh(mnl_attr_get_u32(a)) : 0;
@@ -302,35 +298,21 @@ std::optional<DropEvent> NflogListener::handle(const nlmsghdr* nlh, std::int64_t
 
 std::vector<DropEvent> NflogListener::read_events() {
   std::vector<DropEvent> out;
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 8);
-  bool overrun_reported = false;
-  for (;;) {
-    ssize_t n = recv(fd(), buf.data(), buf.size(), MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == ENOBUFS) {
+  drain_netlink(
+      fd(), MNL_SOCKET_BUFFER_SIZE * 8,
+      [&](std::int64_t now, bool first) {
         ++overruns_;
-        if (!overrun_reported) {
-          // How many: the sequence jump of the next message says.
-          DropEvent gap;
-          gap.kind = DropEvent::Kind::gap;
-          gap.time_ns = wall_ns();
-          gap.detail = "ENOBUFS on nflog socket of group " + std::to_string(group_) + ": drop logs lost";
-          out.push_back(std::move(gap));
-          overrun_reported = true;
-        }
-        continue;
-      }
-      break;  // EAGAIN
-    }
-    const std::int64_t now = wall_ns();
-    const auto* nlh = reinterpret_cast<const nlmsghdr*>(buf.data());
-    int len = static_cast<int>(n);
-    while (mnl_nlmsg_ok(nlh, len)) {
-      if (auto ev = handle(nlh, now, out)) out.push_back(std::move(*ev));
-      nlh = mnl_nlmsg_next(nlh, &len);
-    }
-  }
+        if (!first) return;
+        // How many: the sequence jump of the next message says.
+        DropEvent gap;
+        gap.kind = DropEvent::Kind::gap;
+        gap.time_ns = now;
+        gap.detail = "ENOBUFS on nflog socket of group " + std::to_string(group_) + ": drop logs lost";
+        out.push_back(std::move(gap));
+      },
+      [&](const nlmsghdr* nlh, std::int64_t now) {
+        if (auto ev = handle(nlh, now, out)) out.push_back(std::move(*ev));
+      });
   return out;
 }
 
