@@ -30,7 +30,6 @@ using test::RunResult;
 
 std::string ns_prefix() { return "sgnft" + std::to_string(getpid()) + "-"; }
 
-
 // Removes what differs between two loads of the same ruleset but is not
 // policy: element expiry countdowns and rule handles.
 std::string normalise_listing(const std::string& text) {

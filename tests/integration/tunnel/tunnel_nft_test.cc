@@ -21,7 +21,6 @@ namespace {
 
 using test::EnterNetns;
 
-
 // Rule handles and element order differ between two loads; the rest must not.
 std::string netlink_listing(const test::Netns& ns, const std::string& table) {
   auto r = ns.exec({"nft", "--debug=netlink", "list", "table", "inet", table});
