@@ -123,6 +123,7 @@ std::vector<ClosedAuthcert> AuthcertService::reverify(std::int64_t now) {
         ++c.holes;
       }
     }
+    enforcer_.holes_closed(**vm);
     log::warning("pki: authcert " + a.id + " of " + c.vm + " no longer verifies (" + c.reason + "); closed " +
                  std::to_string(c.holes) + " hole(s)");
     if (audit_) audit_("daemon", "authcert-closed", c.vm, {{"id", c.id}, {"reason", c.reason}, {"holes", c.holes}});
@@ -172,6 +173,7 @@ Result<SubmittedAuthcert> AuthcertService::submit(const VmRecord& vm, std::strin
   }
   if (auto st = enforcer_.add_holes(vm, holes); !st) {
     for (const auto& h : holes) (void)store_.remove_hole(h.id, now, "kernel refused: " + st.error().message);
+    enforcer_.holes_closed(vm);  // a class made for them goes too
     return with_context("the kernel refused the hole (nothing was opened)", st.error());
   }
   ++accepted_;
@@ -194,6 +196,7 @@ Result<std::vector<HoleRecord>> AuthcertService::revoke(const std::string& id, s
       if (auto st = enforcer_.remove_hole(**vm, h); !st) return st.error();
     }
     (void)store_.remove_hole(h.id, now, "authcert revoked");
+    if (vm && vm->has_value()) enforcer_.holes_closed(**vm);
     closed.push_back(h);
   }
   return closed;

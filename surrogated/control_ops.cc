@@ -474,6 +474,7 @@ nlohmann::json Daemon::op_hole_remove(const proto::Request& req, const Peer& pee
     }
   }
   (void)store_.remove_hole(id, now_unix(), "removed by admin");
+  if (vm && vm->has_value()) enforcer_->holes_closed(**vm);
   recorder_->forget(it->vm_id);
   recorder_->audit("uid " + std::to_string(peer.uid), "hole-remove", it->vm_name, {{"id", id}});
   log::notice("hole " + std::to_string(id) + " of " + it->vm_name + " removed by admin");

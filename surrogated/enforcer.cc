@@ -160,6 +160,12 @@ Status Enforcer::remove_hole(const VmRecord& vm, const HoleRecord& hole) {
   return {};
 }
 
+void Enforcer::holes_closed(const VmRecord& vm) {
+  if (!hole_shaping_) return;
+  if (auto st = hole_shaping_(vm); !st)
+    log::warning("shaping after closing holes of " + vm.name + ": " + st.error().describe());
+}
+
 Status Enforcer::update_block_list(std::shared_ptr<const trust::Policy> policy) {
   netpolicy::Compiler compiler(*policy, opt_);
   if (auto st = apply(compiler.plan_update_block_list()); !st) return st;

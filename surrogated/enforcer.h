@@ -47,6 +47,9 @@ class Enforcer final : public VmObserver, public EventSource {
   // exists first, and again after one is removed.
   using HoleShaping = std::function<Status(const VmRecord&)>;
   void set_hole_shaping(HoleShaping f) { hole_shaping_ = std::move(f); }
+  // After holes of `vm` were recorded closed: their traffic classes go now
+  // rather than on the shaper's next slow tick.
+  void holes_closed(const VmRecord& vm);
   Status update_block_list(std::shared_ptr<const trust::Policy> policy);
 
   // nft text of one VM's rules, or of the whole ruleset when vm is empty.
