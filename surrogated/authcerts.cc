@@ -98,6 +98,10 @@ Result<std::vector<ClosedAuthcert>> AuthcertService::reload(std::int64_t now) {
 
 std::vector<ClosedAuthcert> AuthcertService::reverify(std::int64_t now) {
   std::vector<ClosedAuthcert> closed;
+  // Expired, revoked or released ones need no second look.
+  if (auto pruned = store_.prune_authcert_bodies(now); !pruned) {
+    log::warning("pki: " + pruned.error().describe());
+  }
   auto in_force = store_.authcerts_in_force(now);
   if (!in_force) {
     log::error("pki: cannot list the authcerts in force: " + in_force.error().describe());

@@ -311,6 +311,16 @@ Result<std::vector<AuthcertInForce>> StateStore::authcerts_in_force(std::int64_t
   return out;
 }
 
+Result<std::size_t> StateStore::prune_authcert_bodies(std::int64_t now) {
+  Statement s(
+      db_.get(),
+      "DELETE FROM authcert_bodies WHERE NOT EXISTS (SELECT 1 FROM holes h WHERE h.authcert_id=authcert_bodies.id "
+      "AND h.vm_id=authcert_bodies.vm_id AND h.removed=0 AND h.expires>?)");
+  s.bind(1, now);
+  if (s.step() != SQLITE_DONE) return db_error(db_.get(), "pruning authcerts no longer in force");
+  return static_cast<std::size_t>(sqlite3_changes(db_.get()));
+}
+
 Result<std::vector<std::uint32_t>> StateStore::used_hole_minors(std::int64_t now) const {
   Statement s(db_.get(), "SELECT DISTINCT tc_minor FROM holes WHERE tc_minor>0 AND removed=0 AND expires>? ORDER BY 1");
   s.bind(1, now);

@@ -97,6 +97,8 @@ class StateStore {
   Status record_authcert_body(const std::string& id, std::int64_t vm_id, std::string_view body, std::int64_t now);
   // Authcerts with at least one open hole, with their bytes.
   Result<std::vector<AuthcertInForce>> authcerts_in_force(std::int64_t now) const;
+  // Forgets the bytes of authcerts that have no open hole any more.
+  Result<std::size_t> prune_authcert_bodies(std::int64_t now);
   // tc minors of the open holes that have a class of their own.
   Result<std::vector<std::uint32_t>> used_hole_minors(std::int64_t now) const;
   // Every hole an authcert ever opened, open or not, newest first.

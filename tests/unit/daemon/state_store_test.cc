@@ -154,5 +154,29 @@ TEST_F(StateStoreTest, HoleRatesAndClassesRoundTripAndOldStoresGainTheColumns) {
   EXPECT_TRUE(s->used_hole_minors(3000)->empty());
 }
 
+TEST_F(StateStoreTest, AuthcertBodiesAreKeptWhileTheirHolesAreOpen) {
+  auto s = StateStore::open(db());
+  ASSERT_TRUE(s.ok()) << s.error().describe();
+  HoleRecord h;
+  h.vm_id = 1;
+  h.vm_name = "sg1";
+  h.destination = "203.0.113.18/32";
+  h.expires = 5000;
+  h.origin = "authcert";
+  h.authcert_id = "a1";
+  ASSERT_TRUE(s->insert_hole(h).ok());
+  const std::string der("\x30\x82\x00\x01binary", 11);  // bytes with a NUL survive
+  ASSERT_TRUE(s->record_authcert_body("a1", 1, der, 1000).ok());
+  ASSERT_TRUE(s->record_authcert_body("gone", 1, "x", 1000).ok());  // no open hole
+  auto in_force = s->authcerts_in_force(2000);
+  ASSERT_TRUE(in_force.ok());
+  ASSERT_EQ(in_force->size(), 1U);
+  EXPECT_EQ((*in_force)[0].id, "a1");
+  EXPECT_EQ((*in_force)[0].body, der);
+  EXPECT_EQ(*s->prune_authcert_bodies(2000), 1U);  // "gone"
+  EXPECT_EQ(*s->prune_authcert_bodies(6000), 1U);  // a1's hole expired
+  EXPECT_TRUE(s->authcerts_in_force(2000)->empty());
+}
+
 }  // namespace
 }  // namespace sg
