@@ -165,7 +165,7 @@ TEST_F(StateStoreTest, AuthcertBodiesAreKeptWhileTheirHolesAreOpen) {
   h.origin = "authcert";
   h.authcert_id = "a1";
   ASSERT_TRUE(s->insert_hole(h).ok());
-  const std::string der("\x30\x82\x00\x01binary", 11);  // bytes with a NUL survive
+  const std::string der{'\x30', '\x82', '\0', '\x01', 'b', 'i', 'n'};  // bytes with a NUL survive
   ASSERT_TRUE(s->record_authcert_body("a1", 1, der, 1000).ok());
   ASSERT_TRUE(s->record_authcert_body("gone", 1, "x", 1000).ok());  // no open hole
   auto in_force = s->authcerts_in_force(2000);
