@@ -4,6 +4,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "netpolicy/tc_plan.h"
+
 namespace sg::netpolicy {
 
 Bytes ifname_bytes(const std::string& name) {
@@ -430,9 +432,7 @@ std::string data_text(KeyType k, const Bytes& v) {
   if (k == KeyType::classid && v.size() == 4) {
     std::uint32_t x = 0;
     std::memcpy(&x, v.data(), 4);
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "%x:%x", x >> 16U, x & 0xffffU);
-    return buf;
+    return tc_handle_text(x);
   }
   return hex_bytes(v);
 }
