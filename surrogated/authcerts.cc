@@ -172,13 +172,32 @@ Result<SubmittedAuthcert> AuthcertService::submit(const VmRecord& vm, std::strin
     }
     for (auto& h : holes) h.tc_minor = minor;
   }
+  // Open holes of this VM with exactly the same grant (an authcert renewed
+  // before the old one ends): the new ones take their place, with their
+  // expiry and class, in the same transaction.
+  std::vector<HoleRecord> superseded;
+  auto open = store_.open_holes(now, vm.id);
+  if (!open) return open.error();
+  for (const auto& o : *open) {
+    const bool same = std::any_of(holes.begin(), holes.end(), [&](const HoleRecord& h) {
+      return h.destination == o.destination && h.protocol == o.protocol && h.port_first == o.port_first &&
+             h.port_last == o.port_last;
+    });
+    if (same) superseded.push_back(o);
+  }
   for (auto& h : holes) {
     if (auto st = store_.insert_hole(h); !st) return st.error();
   }
-  if (auto st = enforcer_.add_holes(vm, holes); !st) {
+  if (auto st = enforcer_.replace_holes(vm, superseded, holes); !st) {
     for (const auto& h : holes) (void)store_.remove_hole(h.id, now, "kernel refused: " + st.error().message);
     enforcer_.holes_closed(vm);  // a class made for them goes too
     return with_context("the kernel refused the hole (nothing was opened)", st.error());
+  }
+  if (!superseded.empty()) {
+    for (const auto& o : superseded) (void)store_.remove_hole(o.id, now, "superseded by authcert " + cert->id());
+    enforcer_.holes_closed(vm);
+    log::info("pki: authcert " + cert->id() + " replaces " + std::to_string(superseded.size()) + " hole(s) of " +
+              vm.name + " with the same grant");
   }
   ++accepted_;
   // Kept while its holes are open, for verifying it again on a PKI reload.

@@ -134,10 +134,18 @@ Status Enforcer::add_hole(const VmRecord& vm, const HoleRecord& hole) {
 }
 
 Status Enforcer::add_holes(const VmRecord& vm, const std::vector<HoleRecord>& holes) {
+  return replace_holes(vm, {}, holes);
+}
+
+Status Enforcer::replace_holes(const VmRecord& vm, const std::vector<HoleRecord>& old,
+                               const std::vector<HoleRecord>& holes) {
   auto it = installed_.find(vm.name);
   if (it == installed_.end()) return make_error("VM " + vm.name + " has no rules installed");
   netpolicy::Compiler compiler(*policy_, opt_);
   netpolicy::Plan plan;
+  for (const auto& hole : old) {
+    if (auto h = hole_of(hole)) plan.append(compiler.plan_remove_hole(it->second, *h, now_unix()));
+  }
   for (const auto& hole : holes) {
     auto h = hole_of(hole);
     if (!h) return make_error("hole destination '" + hole.destination + "' is not a prefix");

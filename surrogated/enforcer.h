@@ -41,6 +41,10 @@ class Enforcer final : public VmObserver, public EventSource {
   Status add_hole(const VmRecord& vm, const HoleRecord& hole);
   // Several holes of one VM in one transaction (an authcert's protocols and ports).
   Status add_holes(const VmRecord& vm, const std::vector<HoleRecord>& holes);
+  // Takes out `old` and puts in `fresh` in one transaction (an authcert
+  // renewed for the same grant: no moment without the hole, and the kernel
+  // timeout becomes the new one's).
+  Status replace_holes(const VmRecord& vm, const std::vector<HoleRecord>& old, const std::vector<HoleRecord>& fresh);
   Status remove_hole(const VmRecord& vm, const HoleRecord& hole);
   // Traffic shaping's part of a hole change (the shaper's refresh_holes):
   // called before a hole's element goes in, so the tc class it names

@@ -168,6 +168,26 @@ TEST_F(AuthcertTest, ReloadedCrlClosesTheHolesOfARevokedSigner) {
   EXPECT_NE(bad.err.find("previous ones stay in force"), std::string::npos) << bad.err;
 }
 
+// The node owner renews an authcert before it ends: the new one takes the
+// old one's place in the kernel (its expiry, not the old one's), with no
+// moment without the hole.
+TEST_F(AuthcertTest, RenewedAuthcertReplacesTheOldHole) {
+  auto& t = *topo_;
+  std::string first = sign(alice_, t.nodeA.v4 + ":8080", "tcp", "5s", "first");
+  auto a = t.ctl_json({"authcert", "submit", vm_, first}, alice_);
+  ASSERT_TRUE(a.contains("id")) << a.dump();
+  std::string renewal = sign(alice_, t.nodeA.v4 + ":8080", "tcp", "1h", "renewal");
+  auto b = t.ctl_json({"authcert", "submit", vm_, renewal}, alice_);
+  ASSERT_TRUE(b.contains("id")) << b.dump();
+  auto list = t.ctl_json({"authcert", "list", vm_}, alice_);
+  ASSERT_EQ(list.size(), 1U) << list.dump();
+  EXPECT_EQ(list[0]["id"], b["id"]);
+  // Past the first one's end, the hole is still there.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5500));
+  EXPECT_TRUE(t.tcp_reaches(vm_, t.nodeA.v4, 8080));
+  EXPECT_FALSE(t.tcp_reaches(vm_, t.nodeA.v4, 8081));
+}
+
 TEST_F(AuthcertTest, HoleClosesInTheKernelAtTheAuthcertsEnd) {
   auto& t = *topo_;
   std::string cert = sign(alice_, t.nodeA.v4, "icmp", "3s", "short");
