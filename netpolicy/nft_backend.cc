@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -1294,35 +1295,49 @@ Status NftBackend::apply(const Plan& plan) {
   return make_sys_error(message, first.err);
 }
 
-Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table, const std::string& name) {
+Status NftBackend::request(nlmsghdr* nlh, const std::string& what,
+                           const std::function<Status(const nlmsghdr*)>& on_reply) {
+  const std::uint32_t seq = nlh->nlmsg_seq;
+  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error("asking for " + what);
   std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 4);
-  auto query = new_set_handle(family, table, name);
-  const std::uint32_t seq = seq_++;
-  auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETSET, nfproto_of(family), NLM_F_ACK, seq);
-  nftnl_set_nlmsg_build_payload(nlh, query.get());
-  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error("asking for set " + name);
-  nft::Set found;
   for (;;) {
-    ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
-    if (n < 0) return make_sys_error("reading set " + name);
-    auto* r = reinterpret_cast<nlmsghdr*>(buf.data());
+    const ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
+    if (n < 0) return make_sys_error("reading " + what);
+    const auto* r = reinterpret_cast<const nlmsghdr*>(buf.data());
     int len = static_cast<int>(n);
     bool done = false;
     while (mnl_nlmsg_ok(r, len)) {
       if (r->nlmsg_seq == seq) {
-        if (r->nlmsg_type == NLMSG_ERROR) {
-          auto* e = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(r));
-          if (e->error != 0) return make_sys_error("set " + name + " in table " + table, -e->error);
+        if (r->nlmsg_type == NLMSG_DONE) {
           done = true;
-        } else if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWSET) {
-          found.reset(nftnl_set_alloc());
-          if (nftnl_set_nlmsg_parse(r, found.get()) < 0) return make_sys_error("parsing set " + name);
+        } else if (r->nlmsg_type == NLMSG_ERROR) {
+          const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(r));
+          if (e->error != 0) return make_sys_error(what, -e->error);
+          done = true;
+        } else if (auto st = on_reply(r); !st) {
+          return st;
         }
       }
       r = mnl_nlmsg_next(r, &len);
     }
-    if (done) break;
+    if (done) return {};
   }
+}
+
+Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table, const std::string& name) {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  auto query = new_set_handle(family, table, name);
+  const std::uint32_t seq = seq_++;
+  auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETSET, nfproto_of(family), NLM_F_ACK, seq);
+  nftnl_set_nlmsg_build_payload(nlh, query.get());
+  nft::Set found;
+  auto st = request(nlh, "set " + name + " in table " + table, [&](const nlmsghdr* r) -> Status {
+    if ((r->nlmsg_type & 0xffU) != NFT_MSG_NEWSET) return {};
+    found.reset(nftnl_set_alloc());
+    if (nftnl_set_nlmsg_parse(r, found.get()) < 0) return make_sys_error("parsing set " + name);
+    return {};
+  });
+  if (!st) return st.error();
   if (!found) return make_error("the kernel sent no description of set " + name);
   Set decl;
   decl.name = name;
@@ -1360,45 +1375,27 @@ Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table,
 
 Result<std::vector<Bytes>> NftBackend::element_keys(TableFamily family, const std::string& table,
                                                     const std::string& name) {
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 4);
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
   auto query = new_set_handle(family, table, name);
   const std::uint32_t seq = seq_++;
   auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETSETELEM, nfproto_of(family), NLM_F_DUMP, seq);
   nftnl_set_elems_nlmsg_build_payload(nlh, query.get());
-  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
-    return make_sys_error("asking for the elements of " + name);
   std::vector<Bytes> keys;
-  for (;;) {
-    ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
-    if (n < 0) return make_sys_error("reading the elements of " + name);
-    auto* r = reinterpret_cast<nlmsghdr*>(buf.data());
-    int len = static_cast<int>(n);
-    bool done = false;
-    while (mnl_nlmsg_ok(r, len)) {
-      if (r->nlmsg_seq == seq) {
-        if (r->nlmsg_type == NLMSG_DONE) {
-          done = true;
-        } else if (r->nlmsg_type == NLMSG_ERROR) {
-          auto* e = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(r));
-          if (e->error != 0) return make_sys_error("elements of set " + name + " in table " + table, -e->error);
-          done = true;
-        } else if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWSETELEM) {
-          nft::Set part(nftnl_set_alloc());
-          if (nftnl_set_elems_nlmsg_parse(r, part.get()) < 0) return make_sys_error("parsing elements of " + name);
-          auto* it = nftnl_set_elems_iter_create(part.get());
-          if (it == nullptr) return make_error("out of memory reading the elements of " + name);
-          for (auto* el = nftnl_set_elems_iter_next(it); el != nullptr; el = nftnl_set_elems_iter_next(it)) {
-            std::uint32_t klen = 0;
-            const auto* k = static_cast<const std::uint8_t*>(nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen));
-            if (k != nullptr) keys.emplace_back(k, k + klen);
-          }
-          nftnl_set_elems_iter_destroy(it);
-        }
-      }
-      r = mnl_nlmsg_next(r, &len);
+  auto st = request(nlh, "elements of set " + name + " in table " + table, [&](const nlmsghdr* r) -> Status {
+    if ((r->nlmsg_type & 0xffU) != NFT_MSG_NEWSETELEM) return {};
+    nft::Set part(nftnl_set_alloc());
+    if (nftnl_set_elems_nlmsg_parse(r, part.get()) < 0) return make_sys_error("parsing elements of " + name);
+    auto* it = nftnl_set_elems_iter_create(part.get());
+    if (it == nullptr) return make_error("out of memory reading the elements of " + name);
+    for (auto* el = nftnl_set_elems_iter_next(it); el != nullptr; el = nftnl_set_elems_iter_next(it)) {
+      std::uint32_t klen = 0;
+      const auto* k = static_cast<const std::uint8_t*>(nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen));
+      if (k != nullptr) keys.emplace_back(k, k + klen);
     }
-    if (done) break;
-  }
+    nftnl_set_elems_iter_destroy(it);
+    return {};
+  });
+  if (!st) return st.error();
   return keys;
 }
 
@@ -1452,26 +1449,16 @@ Result<bool> NftBackend::table_exists(TableFamily family, const std::string& nam
   const std::uint32_t seq = seq_++;
   auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETTABLE, nfproto_of(family), NLM_F_ACK, seq);
   nftnl_table_nlmsg_build_payload(nlh, t.get());
-  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error("asking for table " + name);
   bool found = false;
-  for (;;) {
-    ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
-    if (n < 0) return make_sys_error("reading table " + name);
-    auto* r = reinterpret_cast<nlmsghdr*>(buf.data());
-    int len = static_cast<int>(n);
-    while (mnl_nlmsg_ok(r, len)) {
-      if (r->nlmsg_seq == seq) {
-        if (r->nlmsg_type == NLMSG_ERROR) {
-          auto* e = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(r));
-          if (e->error == 0) return found;
-          if (e->error == -ENOENT) return false;
-          return make_sys_error("reading table " + name, -e->error);
-        }
-        if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWTABLE) found = true;
-      }
-      r = mnl_nlmsg_next(r, &len);
-    }
+  auto st = request(nlh, "table " + name, [&](const nlmsghdr* r) -> Status {
+    if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWTABLE) found = true;
+    return {};
+  });
+  if (!st) {
+    if (st.error().sys_errno == ENOENT) return false;
+    return st.error();
   }
+  return found;
 }
 
 Result<QuotaObject> NftBackend::read_quota(TableFamily family, const std::string& table, const std::string& name,
@@ -1485,31 +1472,16 @@ Result<QuotaObject> NftBackend::read_quota(TableFamily family, const std::string
   auto* nlh = nftnl_nlmsg_build_hdr(buf.data(), reset ? NFT_MSG_GETOBJ_RESET : NFT_MSG_GETOBJ, nfproto_of(family),
                                     NLM_F_ACK, seq);
   nftnl_obj_nlmsg_build_payload(nlh, query.get());
-  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error("asking for quota " + name);
   std::optional<QuotaObject> found;
-  for (;;) {
-    ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
-    if (n < 0) return make_sys_error("reading quota " + name);
-    auto* r = reinterpret_cast<nlmsghdr*>(buf.data());
-    int len = static_cast<int>(n);
-    bool done = false;
-    while (mnl_nlmsg_ok(r, len)) {
-      if (r->nlmsg_seq == seq) {
-        if (r->nlmsg_type == NLMSG_ERROR) {
-          auto* e = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(r));
-          if (e->error != 0) return make_sys_error("quota " + name + " in table " + table, -e->error);
-          done = true;
-        } else if ((r->nlmsg_type & 0xffU) == NFT_MSG_NEWOBJ) {
-          nft::Obj o(nftnl_obj_alloc());
-          if (nftnl_obj_nlmsg_parse(r, o.get()) < 0) return make_sys_error("parsing quota " + name);
-          found = QuotaObject{name, nftnl_obj_get_u64(o.get(), NFTNL_OBJ_QUOTA_BYTES),
-                              nftnl_obj_get_u64(o.get(), NFTNL_OBJ_QUOTA_CONSUMED)};
-        }
-      }
-      r = mnl_nlmsg_next(r, &len);
-    }
-    if (done) break;
-  }
+  auto st = request(nlh, "quota " + name + " in table " + table, [&](const nlmsghdr* r) -> Status {
+    if ((r->nlmsg_type & 0xffU) != NFT_MSG_NEWOBJ) return {};
+    nft::Obj o(nftnl_obj_alloc());
+    if (nftnl_obj_nlmsg_parse(r, o.get()) < 0) return make_sys_error("parsing quota " + name);
+    found = QuotaObject{name, nftnl_obj_get_u64(o.get(), NFTNL_OBJ_QUOTA_BYTES),
+                        nftnl_obj_get_u64(o.get(), NFTNL_OBJ_QUOTA_CONSUMED)};
+    return {};
+  });
+  if (!st) return st.error();
   if (!found) return make_error("the kernel sent no quota " + name);
   return *found;
 }

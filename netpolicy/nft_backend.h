@@ -7,7 +7,10 @@
 // whether a table was loaded by this backend or by `nft -f to_nft_text(...)`.
 #pragma once
 
+#include <linux/netlink.h>
+
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,6 +56,10 @@ class NftBackend {
 
  private:
   explicit NftBackend(nft::MnlSocket sock);
+  // Sends a request built in nlmsg form and reads its answers until the
+  // kernel's ack or the end of a dump; on_reply gets every other message of
+  // its sequence. A kernel error comes back as a system error naming `what`.
+  Status request(nlmsghdr* nlh, const std::string& what, const std::function<Status(const nlmsghdr*)>& on_reply);
   // The declaration of an existing set, read back from the kernel.
   Result<Set> kernel_set(TableFamily family, const std::string& table, const std::string& name);
   // The keys of every element of a set, as the kernel stores them.
