@@ -658,7 +658,12 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
 }
 
 Plan Compiler::plan_add_vm(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const {
-  VmParts p = vm_parts(vm, holes, now);
+  return plan_add_parts(vm_parts(vm, holes, now));
+}
+
+Plan Compiler::plan_remove_vm(const VmNet& vm) const { return plan_remove_parts(vm_parts(vm, {}, 0)); }
+
+Plan Compiler::plan_add_parts(const VmParts& p) const {
   Plan plan;
   auto op = [&](Op::Kind k, TableFamily fam = TableFamily::inet) {
     Op o;
@@ -701,8 +706,7 @@ Plan Compiler::plan_add_vm(const VmNet& vm, const std::vector<Hole>& holes, std:
   return plan;
 }
 
-Plan Compiler::plan_remove_vm(const VmNet& vm) const {
-  VmParts p = vm_parts(vm, {}, 0);
+Plan Compiler::plan_remove_parts(const VmParts& p) const {
   Plan plan;
   auto op = [&](Op::Kind k, const std::string& name, TableFamily fam = TableFamily::inet) {
     Op o;
@@ -808,52 +812,18 @@ void Compiler::add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tu
   p.map_elements.emplace_back("tunnel_ok", std::move(ok));
 }
 
+// The tunnel's parts alone: its chain, then its dispatch and guard elements
+// (added last, removed first, as for a VM).
 Plan Compiler::plan_tunnel_up(const VmNet& vm, const TunnelNet& tunnel) const {
   VmParts p;
   add_tunnel_parts(p, vm, tunnel);
-  Plan plan;
-  for (const auto& c : p.chains) {
-    Op o;
-    o.kind = Op::Kind::add_chain;
-    o.table = opt_.table;
-    o.name = c.name;
-    o.chain = c;
-    plan.ops.push_back(std::move(o));
-  }
-  // Dispatch last: the chain is complete before a packet reaches it.
-  for (const auto& [set, e] : p.map_elements) {
-    Op o;
-    o.kind = Op::Kind::add_elements;
-    o.table = opt_.table;
-    o.name = set;
-    o.elements = {e};
-    plan.ops.push_back(std::move(o));
-  }
-  return plan;
+  return plan_add_parts(p);
 }
 
 Plan Compiler::plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const {
   VmParts p;
   add_tunnel_parts(p, vm, tunnel);
-  Plan plan;
-  for (const auto& [set, e] : p.map_elements) {
-    Op o;
-    o.kind = Op::Kind::delete_elements;
-    o.table = opt_.table;
-    o.name = set;
-    o.elements = {e};
-    plan.ops.push_back(std::move(o));
-  }
-  for (const auto& c : p.chains) {
-    for (auto kind : {Op::Kind::flush_chain, Op::Kind::delete_chain}) {
-      Op o;
-      o.kind = kind;
-      o.table = opt_.table;
-      o.name = c.name;
-      plan.ops.push_back(std::move(o));
-    }
-  }
-  return plan;
+  return plan_remove_parts(p);
 }
 
 Plan Compiler::plan_update_block_list() const {

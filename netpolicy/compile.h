@@ -135,6 +135,10 @@ class Compiler {
     std::vector<SetElement> arp_elements;
   };
   [[nodiscard]] VmParts vm_parts(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
+  // The ops that add these parts (dispatch elements last) or remove them
+  // (dispatch elements first).
+  [[nodiscard]] Plan plan_add_parts(const VmParts& p) const;
+  [[nodiscard]] Plan plan_remove_parts(const VmParts& p) const;
   [[nodiscard]] Chain out_chain(const VmNet& vm) const;
   [[nodiscard]] Chain in_chain(const VmNet& vm) const;
   [[nodiscard]] Chain host_chain(const VmNet& vm) const;
