@@ -381,6 +381,9 @@ struct ChangeResult {
   int vms = 0;
   double table_mib = 0;  // approximate kernel memory of the whole ruleset
   Stats add_vm, remove_vm, add_hole, remove_hole;
+  // A hole to a prefix (the interval map, which the kernel copies whole on
+  // each change: its cost grows with the number of prefix holes).
+  Stats add_prefix_hole, remove_prefix_hole;
 };
 
 // One change measured end to end: plan built by the compiler, then applied.
@@ -402,7 +405,12 @@ ChangeResult measure_changes(const Options& o, const Compiler& compiler, NftBack
   hole.ports = {8443, 8443};
   hole.expires = now + 3600;
 
-  std::vector<double> add_vm, remove_vm, add_hole, remove_hole;
+  Hole wide = hole;
+  wide.id = 999998;
+  wide.destination = prefix("2001:db8:ff::/64");
+  wide.protocol = 17;
+  wide.ports = {443, 443};
+  std::vector<double> add_vm, remove_vm, add_hole, remove_hole, add_wide, remove_wide;
   for (int k = 0; k < reps; ++k) {
     check_interrupt();
     auto t0 = Clock::now();
@@ -416,16 +424,23 @@ ChangeResult measure_changes(const Options& o, const Compiler& compiler, NftBack
     add_hole.push_back(ms_since(t0));
     if (k == 0) {
       // Once, outside the timing: the kernel really holds the new element.
-      auto listed =
-          must({"nft", "list", "map", "inet", compiler.options().table, "vm_" + target.name + "_holes_v4"}, host_ns);
-      if (listed.out.find("198.51.100.200") == std::string::npos) {
+      auto listed = must({"nft", "list", "map", "inet", compiler.options().table, "holes_v4"}, host_ns);
+      if (listed.out.find("\"" + target.name + "\" . 198.51.100.200") == std::string::npos) {
         throw std::runtime_error("the added hole is not in the kernel's set");
       }
     }
     t0 = Clock::now();
     apply_or_throw(nft, compiler.plan_remove_hole(target, hole, now), "removing a hole");
     remove_hole.push_back(ms_since(t0));
+    t0 = Clock::now();
+    apply_or_throw(nft, compiler.plan_add_hole(target, wide, now), "adding a prefix hole");
+    add_wide.push_back(ms_since(t0));
+    t0 = Clock::now();
+    apply_or_throw(nft, compiler.plan_remove_hole(target, wide, now), "removing a prefix hole");
+    remove_wide.push_back(ms_since(t0));
   }
+  r.add_prefix_hole = stats_of(add_wide);
+  r.remove_prefix_hole = stats_of(remove_wide);
   r.add_vm = stats_of(add_vm);
   r.remove_vm = stats_of(remove_vm);
   r.add_hole = stats_of(add_hole);
@@ -501,7 +516,7 @@ Throughput measure_throughput(const Options& o, const Compiler& compiler, NftBac
   }
   if (!up) throw std::runtime_error("iperf3 through the VM's chain did not run (rules or topology wrong)");
   if (quota_used(host_ns, compiler.options().table, vm.name) == 0) {
-    throw std::runtime_error("the VM's quota counted nothing: traffic did not go through vm_" + vm.name + "_out");
+    throw std::runtime_error("the VM's quota counted nothing: traffic did not go through the VM chains (vm_out)");
   }
 
   // Deleting the table frees its memory in kernel workers after the
@@ -650,8 +665,18 @@ int run(const Options& o) {
                               {"remove_vm", to_json(c.remove_vm)},
                               {"add_hole", to_json(c.add_hole)},
                               {"remove_hole", to_json(c.remove_hole)},
+                              {"add_prefix_hole", to_json(c.add_prefix_hole)},
+                              {"remove_prefix_hole", to_json(c.remove_prefix_hole)},
                               {"kernel_mib_approx", std::round(c.table_mib)}});
   }
+  std::cout << "   prefix hole (interval map; " << o.holes_per_vm / 5
+            << " prefix holes per VM present): add / remove "
+               "median ms:";
+  for (const auto& c : changes) {
+    std::cout << "  " << c.vms << " VMs " << fmt(c.add_prefix_hole.median_ms, 2) << " / "
+              << fmt(c.remove_prefix_hole.median_ms, 2);
+  }
+  std::cout << "\n";
   out["setup_ms"] = std::round(build_ms);
   std::cout << "   (setup of all sizes in batches of " << o.batch_vms << " VMs: " << fmt(build_ms / 1000, 1)
             << " s)\n\n";

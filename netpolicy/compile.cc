@@ -121,6 +121,54 @@ Set prefix_set(const std::string& name, Family f, const std::vector<Prefix>& pre
 
 constexpr std::uint8_t kIpProtoGre = 47;
 
+Statement go_to(const std::string& chain) { return Verdict{Verdict::Kind::go_to, chain}; }
+Statement ret() { return Verdict{Verdict::Kind::ret, ""}; }
+
+KeyType addr_type(Family f) { return f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr; }
+
+Set make_set(const std::string& name, std::vector<KeyType> key) {
+  Set s;
+  s.name = name;
+  s.key = std::move(key);
+  return s;
+}
+
+// "untrusted", "semi", "trusted": set and chain names (no '-' in them).
+std::string level_token(TrustLevel l) {
+  return l == TrustLevel::semi_trusted ? std::string("semi") : std::string(trust::to_string(l));
+}
+std::string level_set(TrustLevel l) { return "level_" + level_token(l); }
+std::string level_chain_name(TrustLevel l) { return level_token(l) + "_out"; }
+constexpr TrustLevel kLevels[] = {TrustLevel::untrusted, TrustLevel::semi_trusted, TrustLevel::trusted};
+
+// Every reason a packet of a VM is dropped for, and the interface that
+// names the VM (the tap it came in on, or for "inbound" the one it was
+// going out of).
+struct DropReason {
+  const char* reason;
+  Field key;
+  const char* text;
+};
+constexpr DropReason kDropReasons[] = {
+    {"spoof-mac", Field::iifname, "not from the VM's own MAC"},
+    {"family", Field::iifname, "an address family not enabled for the VM"},
+    {"spoof-ip", Field::iifname, "not from the VM's own address"},
+    {"fragment", Field::iifname, "a fragment that escaped reassembly"},
+    {"ip-options", Field::iifname, "IPv4 options"},
+    {"ip6-routing", Field::iifname, "an IPv6 routing header"},
+    {"gre", Field::iifname, "GRE from the guest"},
+    {"reserved", Field::iifname, "a reserved or bogon destination"},
+    {"blocked", Field::iifname, "a destination on the owner's block list"},
+    {"closed-port", Field::iifname, "a closed port"},
+    {"quota", Field::iifname, "the daily byte quota is used up"},
+    {"dest-rate", Field::iifname, "over the per-destination rate"},
+    {"syn-rate", Field::iifname, "over the TCP SYN rate"},
+    {"not-allowed", Field::iifname, "not allowed at the VM's trust level"},
+    {"inbound", Field::oifname, "a new inbound connection not from its client"},
+    {"host", Field::iifname, "to the host, not needed by a VM"},
+    {"nd-spoof", Field::iifname, "a neighbour advertisement for an address not the VM's"},
+};
+
 // 0x1fff: the fragment offset bits of the IPv4 header.
 constexpr std::uint16_t kFragOffsetMask = 0x1fff;
 
@@ -144,10 +192,14 @@ SetElement port_range_element(const trust::PortRange& r) {
   return e;
 }
 
-Rule Compiler::drop_rule(const VmNet& vm, std::vector<Match> matches, const std::string& reason,
-                         const std::string& why) const {
-  return rule(std::move(matches), {Counter{}, Log{opt_.log_group, vm.name + " " + reason + " "}, drop()},
-              vm.name + ": " + why);
+std::string Compiler::drop_chain(const std::string& reason) {
+  std::string name = "drop_" + reason;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+Rule Compiler::drop_rule(std::vector<Match> matches, const std::string& reason, const std::string& why) const {
+  return rule(std::move(matches), {go_to(drop_chain(reason))}, why);
 }
 
 std::vector<Set> Compiler::shared_sets() const {
@@ -158,9 +210,7 @@ std::vector<Set> Compiler::shared_sets() const {
     sets.push_back(prefix_set(std::string("allow_reserved") + sfx(f), f, g.allow_reserved));
     sets.push_back(prefix_set(std::string("block") + sfx(f), f, g.block));
   }
-  Set ports;
-  ports.name = "closed_ports";
-  ports.key = {KeyType::inet_service};
+  Set ports = make_set("closed_ports", {KeyType::inet_service});
   ports.interval = true;
   for (const auto& r : g.closed_ports) ports.elements.push_back(port_range_element(r));
   sets.push_back(std::move(ports));
@@ -169,9 +219,7 @@ std::vector<Set> Compiler::shared_sets() const {
   const auto& semi = policy_.level(TrustLevel::semi_trusted);
   for (Family f : {Family::v4, Family::v6}) {
     for (const auto& [proto, list] : {std::pair{"tcp", &semi.tcp}, std::pair{"udp", &semi.udp}}) {
-      Set s;
-      s.name = std::string("semi_") + proto + sfx(f);
-      s.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr, KeyType::inet_service};
+      Set s = make_set(std::string("semi_") + proto + sfx(f), {addr_type(f), KeyType::inet_service});
       s.interval = true;
       for (const auto& d : *list) {
         if (d.prefix.family() != f) continue;
@@ -185,14 +233,54 @@ std::vector<Set> Compiler::shared_sets() const {
       sets.push_back(std::move(s));
     }
   }
-  // Per-destination meters, shared by every VM and keyed by its interface:
-  // one set each instead of four per VM (the kernel finds a table's sets by
-  // name in a list, so per-VM sets made every change slower with every VM).
+
+  // What makes each VM itself, keyed by its interface name.
+  Set vms = make_set("vms", {KeyType::ifname});
+  sets.push_back(vms);
+  sets.push_back(make_set("vm_mac", {KeyType::ifname, KeyType::ether_addr}));
+  for (Family f : {Family::v4, Family::v6}) {
+    sets.push_back(make_set(f == Family::v4 ? "vm_ipv4" : "vm_ipv6", {KeyType::ifname}));
+    sets.push_back(make_set(std::string("vm_addr") + sfx(f), {KeyType::ifname, addr_type(f)}));
+    sets.push_back(make_set(std::string("vm_gateway") + sfx(f), {KeyType::ifname, addr_type(f)}));
+    Set client = make_set(std::string("vm_client") + sfx(f), {KeyType::ifname, addr_type(f)});
+    client.interval = true;
+    if (opt_.shaping) client.data_type = KeyType::classid;
+    sets.push_back(std::move(client));
+  }
+  // The same IPv6 addresses, as the target of a neighbour advertisement.
+  sets.push_back(make_set("vm_nd_v6", {KeyType::ifname, KeyType::nd_target}));
+  for (const char* name : {"vm_mark", "vm_mark_synonly"}) {
+    Set mark = make_set(name, {KeyType::ifname});
+    mark.data_type = KeyType::mark;
+    sets.push_back(std::move(mark));
+  }
+  if (opt_.shaping) {
+    Set cls = make_set("vm_class", {KeyType::ifname});
+    cls.data_type = KeyType::classid;
+    sets.push_back(std::move(cls));
+  }
+  Set quota = make_set("vm_quota", {KeyType::ifname});
+  quota.quota_map = true;
+  sets.push_back(std::move(quota));
+  for (TrustLevel l : kLevels) sets.push_back(make_set(level_set(l), {KeyType::ifname}));
+  // Holes: exact ones (one address, one protocol, one port) in a hash map
+  // whose changes cost the same at any size; the rest in an interval map.
+  for (Family f : {Family::v4, Family::v6}) {
+    for (bool range : {false, true}) {
+      Set h = make_set(std::string("holes") + sfx(f) + (range ? "_range" : ""),
+                       {KeyType::ifname, addr_type(f), KeyType::inet_proto, KeyType::inet_service});
+      h.interval = range;
+      h.timeout = true;
+      // With shaping, a map to each hole's tc class (docs/shaping.md).
+      if (opt_.shaping) h.data_type = KeyType::classid;
+      sets.push_back(std::move(h));
+    }
+  }
+
+  // Per-destination meters, shared by every VM and keyed by its interface.
   for (Family f : {Family::v4, Family::v6}) {
     for (const char* kind : {"dst_pps", "dst_bps"}) {
-      Set meter;
-      meter.name = std::string(kind) + sfx(f);
-      meter.key = {KeyType::ifname, f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr};
+      Set meter = make_set(std::string(kind) + sfx(f), {KeyType::ifname, addr_type(f)});
       meter.dynamic = true;
       meter.timeout = true;
       // The kernel sizes a dynamic set's hash table by `size` up front.
@@ -201,30 +289,26 @@ std::vector<Set> Compiler::shared_sets() const {
       sets.push_back(std::move(meter));
     }
   }
-  for (const char* map : {"from_vm", "to_vm", "vm_to_host", "vm_pre"}) {
-    Set s;
-    s.name = map;
-    s.key = {KeyType::ifname};
-    s.verdict_map = true;
-    sets.push_back(std::move(s));
-  }
-  // Tunnel device . VM tap: what may come out of a tunnel, and where to.
-  Set tunnel_ok;
-  tunnel_ok.name = "tunnel_ok";
-  tunnel_ok.key = {KeyType::ifname, KeyType::ifname};
-  sets.push_back(std::move(tunnel_ok));
-  return sets;
-}
+  Set syn = make_set("syn_rate", {KeyType::ifname});
+  syn.dynamic = true;
+  syn.timeout = true;
+  syn.size = 65'536;
+  syn.timeout_ms = 60'000;
+  sets.push_back(std::move(syn));
+  // Drops per VM and reason: "sg3" . "spoof-ip" counter packets 2 bytes 168.
+  Set drops = make_set("drops", {KeyType::ifname, KeyType::ifname});
+  drops.dynamic = true;
+  drops.size = 262'144;
+  sets.push_back(std::move(drops));
 
-Set Compiler::holes_set(const VmNet& vm, Family f) const {
-  Set h;
-  h.name = "vm_" + vm.name + "_holes" + sfx(f);
-  h.key = {f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service};
-  h.interval = true;
-  h.timeout = true;
-  // With shaping, a map to each hole's tc class (docs/shaping.md).
-  if (opt_.shaping) h.data_type = KeyType::classid;
-  return h;
+  Set pre = make_set("vm_pre", {KeyType::ifname});
+  pre.verdict_map = true;
+  sets.push_back(std::move(pre));
+  // Tunnel device . VM tap: what may come out of a tunnel, and where to;
+  // VM tap . tunnel device . mark: what may go into it.
+  sets.push_back(make_set("tunnel_ok", {KeyType::ifname, KeyType::ifname}));
+  sets.push_back(make_set("tunnel_out", {KeyType::ifname, KeyType::ifname, KeyType::mark}));
+  return sets;
 }
 
 std::uint32_t Compiler::hole_class(const VmNet& vm, const Hole& hole) const {
@@ -232,144 +316,153 @@ std::uint32_t Compiler::hole_class(const VmNet& vm, const Hole& hole) const {
                             : tc_handle(opt_.tc_major, vm.id, FlowClass::nodes);
 }
 
-std::vector<SetElement> Compiler::hole_elements(const VmNet& vm, const Hole& hole, Family family,
-                                                std::int64_t now) const {
-  std::vector<SetElement> out;
-  if (hole.destination.family() != family) return out;
-  SetElement e = prefix_element(hole.destination);
-  if (e.key[0].value_hi.empty()) e.key[0].value_hi = e.key[0].value;
-  if (hole.protocol == 0) {
+std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const VmNet& vm, const Hole& hole,
+                                                                         std::int64_t now) const {
+  const Family f = hole.destination.family();
+  const bool ported = hole.protocol == IPPROTO_TCP || hole.protocol == IPPROTO_UDP;
+  const bool exact =
+      hole.destination.length >= hole.destination.address.bit_length() && ported && hole.ports.first == hole.ports.last;
+  SetElement e;
+  e.key.push_back({ifname_bytes(vm.name), {}});
+  SetElement dest = prefix_element(hole.destination);
+  e.key.push_back(dest.key[0]);
+  if (exact) {
+    e.key.push_back({u8_bytes(hole.protocol), {}});
+    e.key.push_back({be16_bytes(hole.ports.first), {}});
+  } else if (hole.protocol == 0) {
     e.key.push_back({u8_bytes(0), u8_bytes(255)});
     e.key.push_back({be16_bytes(0), be16_bytes(65535)});
   } else {
-    e.key.push_back({u8_bytes(hole.protocol), u8_bytes(hole.protocol)});
-    bool ported = hole.protocol == IPPROTO_TCP || hole.protocol == IPPROTO_UDP;
+    e.key.push_back({u8_bytes(hole.protocol), {}});
     e.key.push_back(ported ? SetElement::Part{be16_bytes(hole.ports.first), be16_bytes(hole.ports.last)}
                            : SetElement::Part{be16_bytes(0), be16_bytes(65535)});
   }
   if (hole.expires > 0) e.timeout_ms = static_cast<std::uint64_t>(std::max<std::int64_t>(1, hole.expires - now)) * 1000;
   e.comment = "hole " + std::to_string(hole.id);
   if (opt_.shaping) e.data = host32_bytes(hole_class(vm, hole));
-  out.push_back(std::move(e));
-  return out;
+  return std::pair{std::string("holes") + sfx(f) + (exact ? "" : "_range"), std::move(e)};
 }
 
-Chain Compiler::out_chain(const VmNet& vm) const {
-  const std::string& n = vm.name;
-  const trust::LevelPolicy& lp = policy_.level(vm.level);
-  Chain c;
-  c.name = "vm_" + n + "_out";
+Chain Compiler::out_chain() const {
+  Chain c{"vm_out", std::nullopt, {}};
   auto& r = c.rules;
-
-  // 1. Anti-spoofing: the VM sends only from its own MAC and addresses.
-  r.push_back(drop_rule(vm, {neq(Field::ether_saddr, mac_bytes(vm.mac))}, "spoof-mac",
-                        "drop frames not from the VM's MAC " + vm.mac));
+  // 1. Anti-spoofing: a VM sends only from its own MAC and addresses. A tap
+  // that is in no set (no VM) fails these checks too.
+  r.push_back(drop_rule({in_set({Field::iifname, Field::ether_saddr}, "vm_mac", true)}, "spoof-mac",
+                        "drop frames not from the VM's own MAC"));
   for (Family f : {Family::v4, Family::v6}) {
-    const auto& own = f == Family::v4 ? vm.v4 : vm.v6;
-    if (!own || !policy_.owner.allows(f)) {
-      r.push_back(drop_rule(vm, {nfproto(f)}, "family",
-                            std::string(f == Family::v4 ? "IPv4" : "IPv6") + " is not enabled for this VM"));
-      continue;
-    }
-    r.push_back(drop_rule(vm, {nfproto(f), neq(saddr(f), address_bytes(*own))}, "spoof-ip",
-                          "drop packets not from the VM's address " + own->to_string()));
+    const std::string fam = f == Family::v4 ? "IPv4" : "IPv6";
+    r.push_back(drop_rule({nfproto(f), in_set({Field::iifname}, f == Family::v4 ? "vm_ipv4" : "vm_ipv6", true)},
+                          "family", "drop " + fam + " from a VM that has no " + fam + " address"));
+    r.push_back(drop_rule({nfproto(f), in_set({Field::iifname, saddr(f)}, std::string("vm_addr") + sfx(f), true)},
+                          "spoof-ip", "drop packets not from the VM's own address"));
   }
   // 2. Every new flow carries the VM's id, for the flow log.
-  r.push_back(rule({ct_state(kCtNew)}, {CtMarkSet{static_cast<std::uint32_t>(vm.id)}},
-                   n + ": mark new flows with VM id " + std::to_string(vm.id)));
+  r.push_back(rule({ct_state(kCtNew)}, {CtMarkMap{{Field::iifname}, "vm_mark"}}, "mark new flows with the VM's id"));
   // Its HTB class: everything else, unless the client or hole rule below
   // picks a more specific one.
   if (opt_.shaping) {
-    r.push_back(
-        rule({}, {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::other)}}, n + ": shape as everything else"));
+    r.push_back(rule({}, {PriorityMap{{Field::iifname}, "vm_class"}}, "shape as everything else"));
   }
   // 3. Evil packets: fragments that escaped reassembly, IP options, IPv6
   // routing headers.
-  r.push_back(drop_rule(vm, {nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
+  r.push_back(drop_rule({nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
                         "drop non-first IPv4 fragments (ports unknown)"));
-  r.push_back(drop_rule(vm, {nfproto(Family::v4), neq(Field::ip_hdrlength, u8_bytes(5))}, "ip-options",
+  r.push_back(drop_rule({nfproto(Family::v4), neq(Field::ip_hdrlength, u8_bytes(5))}, "ip-options",
                         "drop IPv4 packets with options (source route, record route...)"));
-  r.push_back(drop_rule(vm, {nfproto(Family::v6), eq(Field::ip6_exthdr_routing, u8_bytes(1))}, "ip6-routing",
+  r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_routing, u8_bytes(1))}, "ip6-routing",
                         "drop IPv6 packets with a routing header"));
-  r.push_back(drop_rule(vm, {nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
+  r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
                         "drop IPv6 fragments that escaped reassembly"));
   // 4. GRE from the guest itself: no tunnel inside the tunnel, and no GRE
   // that could pass for the host's own to the client's endpoint. Only
   // levels that may be tunnelled; a semi-trusted policy that allows IP
   // protocol 47 keeps it.
-  if (vm.level == TrustLevel::untrusted ||
-      (vm.level == TrustLevel::semi_trusted &&
-       std::find(lp.ip_protocols.begin(), lp.ip_protocols.end(), kIpProtoGre) == lp.ip_protocols.end())) {
-    r.push_back(drop_rule(vm, {l4proto(kIpProtoGre)}, "gre", "drop GRE sent by the guest (docs/tunnel.md)"));
+  const auto& semi = policy_.level(TrustLevel::semi_trusted);
+  const bool semi_gre =
+      std::find(semi.ip_protocols.begin(), semi.ip_protocols.end(), kIpProtoGre) != semi.ip_protocols.end();
+  for (TrustLevel l : {TrustLevel::untrusted, TrustLevel::semi_trusted}) {
+    if (l == TrustLevel::semi_trusted && semi_gre) continue;
+    r.push_back(drop_rule({l4proto(kIpProtoGre), in_set({Field::iifname}, level_set(l))}, "gre",
+                          std::string(trust::to_string(l)) + ": drop GRE sent by the guest (docs/tunnel.md)"));
   }
   // 5. Global guardrails, for every level.
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(drop_rule(vm,
-                          {nfproto(f), in_set({daddr(f)}, std::string("reserved") + sfx(f)),
+    r.push_back(drop_rule({nfproto(f), in_set({daddr(f)}, std::string("reserved") + sfx(f)),
                            in_set({daddr(f)}, std::string("allow_reserved") + sfx(f), true)},
                           "reserved", "drop reserved and bogon destinations (guardrail)"));
-    r.push_back(drop_rule(vm, {nfproto(f), in_set({daddr(f)}, std::string("block") + sfx(f))}, "blocked",
+    r.push_back(drop_rule({nfproto(f), in_set({daddr(f)}, std::string("block") + sfx(f))}, "blocked",
                           "drop destinations on the owner's block list (guardrail)"));
   }
   for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
     r.push_back(
-        drop_rule(vm, {l4proto(proto), in_set({Field::th_dport}, "closed_ports")}, "closed-port",
+        drop_rule({l4proto(proto), in_set({Field::th_dport}, "closed_ports")}, "closed-port",
                   std::string("drop ") + (proto == IPPROTO_TCP ? "TCP" : "UDP") + " to closed ports (guardrail)"));
   }
   // 6. Its own client: always, for every level, and before the quota, so a
   // VM that used up its day can still talk to its owner.
-  auto shaped = [&](FlowClass fc) {
-    std::vector<Statement> st;
-    if (opt_.shaping) st.emplace_back(PrioritySet{tc_handle(opt_.tc_major, vm.id, fc)});
-    st.push_back(accept());
-    return st;
-  };
   for (Family f : {Family::v4, Family::v6}) {
-    for (const auto& p : minimal(of_family(vm.client, f))) {
-      r.push_back(rule({nfproto(f), addr_match(daddr(f), p)}, shaped(FlowClass::client),
-                       n + ": its own client " + p.to_string()));
+    const std::string map = std::string("vm_client") + sfx(f);
+    if (opt_.shaping) {
+      r.push_back(rule({nfproto(f)}, {PriorityMap{{Field::iifname, daddr(f)}, map}, accept()},
+                       "its own client, in the client's class"));
+    } else {
+      r.push_back(rule({nfproto(f), in_set({Field::iifname, daddr(f)}, map)}, {accept()}, "its own client"));
     }
   }
-  // 7. Daily byte quota: counts everything but the client.
-  if (lp.daily_quota_bytes > 0) {
-    r.push_back(rule({}, {QuotaRef{"vm_" + n + "_quota"}, Counter{}, Log{opt_.log_group, n + " quota "}, drop()},
-                     n + ": daily byte quota used up"));
-  }
+  // 7. Daily byte quota: counts everything but the client. A VM without a
+  // quota has no element: the rule never matches.
+  r.push_back(
+      rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, go_to(drop_chain("quota"))}, "daily byte quota used up"));
   // 8. Authorized nodes: for every level.
   for (Family f : {Family::v4, Family::v6}) {
-    std::vector<Field> key = {daddr(f), Field::l4proto, Field::th_dport};
-    std::string map = "vm_" + n + "_holes" + sfx(f);
-    if (opt_.shaping) {
-      // The lookup both authorizes and picks the hole's tc class.
-      r.push_back(rule({nfproto(f)}, {PriorityMap{key, map}, accept()},
-                       n + ": nodes that signed an authcert for this client, each in its class"));
-    } else {
-      r.push_back(
-          rule({nfproto(f), in_set(key, map)}, {accept()}, n + ": nodes that signed an authcert for this client"));
+    std::vector<Field> key = {Field::iifname, daddr(f), Field::l4proto, Field::th_dport};
+    for (const char* kind : {"", "_range"}) {
+      std::string map = std::string("holes") + sfx(f) + kind;
+      if (opt_.shaping) {
+        // The lookup both authorizes and picks the hole's tc class.
+        r.push_back(rule({nfproto(f)}, {PriorityMap{key, map}, accept()},
+                         "nodes that signed an authcert for this client, each in its class"));
+      } else {
+        r.push_back(rule({nfproto(f), in_set(key, map)}, {accept()}, "nodes that signed an authcert for this client"));
+      }
     }
   }
-  // 9. Semi-trusted allowlists (no meter: the destination is vetted).
-  if (vm.level == TrustLevel::semi_trusted) {
+  // 9. The rest depends on the VM's trust level; a tap in no level set gets
+  // the untrusted chain.
+  r.push_back(rule({in_set({Field::iifname}, level_set(TrustLevel::trusted))},
+                   {go_to(level_chain_name(TrustLevel::trusted))}, "trusted VMs"));
+  r.push_back(rule({in_set({Field::iifname}, level_set(TrustLevel::semi_trusted))},
+                   {go_to(level_chain_name(TrustLevel::semi_trusted))}, "semi-trusted VMs"));
+  r.push_back(rule({}, {go_to(level_chain_name(TrustLevel::untrusted))}, "untrusted VMs"));
+  return c;
+}
+
+Chain Compiler::level_chain(TrustLevel level) const {
+  const trust::LevelPolicy& lp = policy_.level(level);
+  const std::string lv(trust::to_string(level));
+  Chain c{level_chain_name(level), std::nullopt, {}};
+  auto& r = c.rules;
+  // Semi-trusted allowlists (no meter: the destination is vetted).
+  if (level == TrustLevel::semi_trusted) {
     for (Family f : {Family::v4, Family::v6}) {
       for (auto [proto, name] : {std::pair{static_cast<std::uint8_t>(IPPROTO_TCP), "tcp"},
                                  std::pair{static_cast<std::uint8_t>(IPPROTO_UDP), "udp"}}) {
         r.push_back(rule(
             {nfproto(f), l4proto(proto), in_set({daddr(f), Field::th_dport}, std::string("semi_") + name + sfx(f))},
-            {accept()}, n + ": semi-trusted " + name + " allowlist"));
+            {accept()}, lv + ": " + name + " allowlist"));
       }
     }
   }
-  // 10. Per-destination-prefix meters for unsolicited traffic: new flows and
+  // Per-destination-prefix meters for unsolicited traffic: new flows and
   // echo requests (a ping with replies is "established" to conntrack).
   for (Family f : {Family::v4, Family::v6}) {
     int len = f == Family::v4 ? lp.per_destination.v4_prefix_length : lp.per_destination.v6_prefix_length;
     std::string what = "/" + std::to_string(len);
     auto meter = [&](const std::string& set, Limit lim, std::vector<Match> ms, const std::string& why) {
       ms.insert(ms.begin(), nfproto(f));
-      r.push_back(
-          rule(std::move(ms),
-               {MeterUpdate{set, daddr(f), len, lim, true}, Counter{}, Log{opt_.log_group, n + " dest-rate "}, drop()},
-               n + ": " + why));
+      r.push_back(rule(std::move(ms), {MeterUpdate{set, daddr(f), len, lim, true}, go_to(drop_chain("dest-rate"))},
+                       lv + ": " + why));
     };
     Match echo = f == Family::v4 ? eq(Field::icmp_type, u8_bytes(8)) : eq(Field::icmpv6_type, u8_bytes(128));
     Match echo_proto = l4proto(static_cast<std::uint8_t>(f == Family::v4 ? int{IPPROTO_ICMP} : int{IPPROTO_ICMPV6}));
@@ -377,7 +470,7 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       Limit lim{lp.per_destination.packets_per_second, false, lp.per_destination.packets_per_second, true};
       std::string set = std::string("dst_pps") + sfx(f);
       meter(set, lim, {ct_state(kCtNew)},
-            "at most " + std::to_string(lim.rate) + " new flows/s per destination " + what);
+            "at most " + std::to_string(lim.rate) + " new flows/s per VM and destination " + what);
       meter(set, lim, {ct_state(kCtEstablished), echo_proto, echo}, "pings count against the same meter");
     }
     if (lp.per_destination.bits_per_second > 0) {
@@ -386,29 +479,30 @@ Chain Compiler::out_chain(const VmNet& vm) const {
       std::string set = std::string("dst_bps") + sfx(f);
       meter(set, lim, {ct_state(kCtNew)},
             "at most " + trust::format_bit_rate(lp.per_destination.bits_per_second) +
-                " of unsolicited traffic per destination " + what);
+                " of unsolicited traffic per VM and destination " + what);
       meter(set, lim, {ct_state(kCtEstablished), echo_proto, echo}, "pings count against the same meter");
     }
   }
-  // 11. TCP SYN rate of the whole VM.
+  // TCP SYN rate of each VM: one meter element per VM.
   if (lp.tcp_syn_per_second > 0) {
     r.push_back(rule({l4proto(IPPROTO_TCP), masked(Field::tcp_flags, u8_bytes(kTcpSyn | kTcpAck), u8_bytes(kTcpSyn))},
-                     {Limit{lp.tcp_syn_per_second, false, lp.tcp_syn_per_second * 2, true}, Counter{},
-                      Log{opt_.log_group, n + " syn-rate "}, drop()},
-                     n + ": at most " + std::to_string(lp.tcp_syn_per_second) + " TCP SYN/s"));
+                     {MeterUpdate{"syn_rate", Field::iifname, 0,
+                                  Limit{lp.tcp_syn_per_second, false, lp.tcp_syn_per_second * 2, true}, false},
+                      go_to(drop_chain("syn-rate"))},
+                     lv + ": at most " + std::to_string(lp.tcp_syn_per_second) + " TCP SYN/s per VM"));
   }
-  // 12. Continuations of allowed flows; SYN-only connections send no data.
+  // Continuations of allowed flows; SYN-only connections send no data.
   r.push_back(
       rule({ct_state(kCtEstablished | kCtRelated), masked(Field::ct_mark, host32_bytes(kSynOnlyMark), host32_bytes(0))},
-           {accept()}, n + ": established and related flows"));
+           {accept()}, lv + ": established and related flows"));
   r.push_back(
       rule({l4proto(IPPROTO_TCP), masked(Field::ct_mark, host32_bytes(kSynOnlyMark), host32_bytes(kSynOnlyMark)),
             masked(Field::tcp_flags, u8_bytes(kTcpRst), u8_bytes(kTcpRst))},
-           {accept()}, n + ": a SYN-only probe may reset its connection"));
-  // 13. What the level allows beyond that.
-  switch (vm.level) {
+           {accept()}, lv + ": a SYN-only probe may reset its connection"));
+  // What the level allows beyond that.
+  switch (level) {
     case TrustLevel::trusted:
-      r.push_back(rule({}, {accept()}, n + ": trusted: any destination (logged, under the guardrails)"));
+      r.push_back(rule({}, {accept()}, "trusted: any destination (logged, under the guardrails)"));
       break;
     case TrustLevel::semi_trusted: {
       for (Family f : {Family::v4, Family::v6}) {
@@ -417,162 +511,208 @@ Chain Compiler::out_chain(const VmNet& vm) const {
           for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_UDP), static_cast<std::uint8_t>(IPPROTO_TCP)}) {
             r.push_back(rule(
                 {nfproto(f), eq(daddr(f), address_bytes(res)), l4proto(proto), eq(Field::th_dport, be16_bytes(53))},
-                {accept()}, n + ": DNS resolver " + res.to_string()));
+                {accept()}, lv + ": DNS resolver " + res.to_string()));
           }
         }
       }
       for (std::uint8_t t : lp.icmp_types) {
         r.push_back(rule({l4proto(IPPROTO_ICMP), eq(Field::icmp_type, u8_bytes(t))}, {accept()},
-                         n + ": ICMP " + trust::icmp_type_name(trust::IcmpFamily::v4, t)));
+                         lv + ": ICMP " + trust::icmp_type_name(trust::IcmpFamily::v4, t)));
       }
       for (std::uint8_t t : lp.icmpv6_types) {
         r.push_back(rule({l4proto(IPPROTO_ICMPV6), eq(Field::icmpv6_type, u8_bytes(t))}, {accept()},
-                         n + ": ICMPv6 " + trust::icmp_type_name(trust::IcmpFamily::v6, t)));
+                         lv + ": ICMPv6 " + trust::icmp_type_name(trust::IcmpFamily::v6, t)));
       }
       for (const auto& pr : lp.tcp_syn_only_ports) {
         r.push_back(rule({l4proto(IPPROTO_TCP), ct_state(kCtNew),
                           masked(Field::tcp_flags, u8_bytes(kTcpSyn | kTcpAck | kTcpFin | kTcpRst), u8_bytes(kTcpSyn)),
                           port_range(pr)},
-                         {CtMarkSet{static_cast<std::uint32_t>(vm.id) | kSynOnlyMark}, accept()},
-                         n + ": SYN-only to any destination, port " + pr.to_string()));
+                         {CtMarkMap{{Field::iifname}, "vm_mark_synonly"}, accept()},
+                         lv + ": SYN-only to any destination, port " + pr.to_string()));
       }
       for (std::uint8_t p : lp.ip_protocols) {
-        r.push_back(rule({l4proto(p)}, {accept()}, n + ": IP protocol " + std::to_string(p)));
+        r.push_back(rule({l4proto(p)}, {accept()}, lv + ": IP protocol " + std::to_string(p)));
       }
-      r.push_back(drop_rule(vm, {}, "not-allowed", "semi-trusted: everything else"));
+      r.push_back(drop_rule({}, "not-allowed", "semi-trusted: everything else"));
       break;
     }
     case TrustLevel::untrusted:
       // Marked in prerouting only while its tunnel is up, and accepted only
       // when routing sent it into its own tunnel device: every guardrail
       // above has already been applied.
-      r.push_back(rule({eq(Field::meta_mark, host32_bytes(tunnel_mark(vm.id))),
-                        eq(Field::oifname, ifname_bytes(tunnel_device(opt_.iface_prefix, vm.id)))},
-                       {accept()}, n + ": everything else into its GRE tunnel to its client"));
-      r.push_back(drop_rule(vm, {}, "not-allowed", "untrusted: only its client and authorized nodes"));
+      r.push_back(rule({in_set({Field::iifname, Field::oifname, Field::meta_mark}, "tunnel_out")}, {accept()},
+                       "untrusted: everything else into its own GRE tunnel to its client"));
+      r.push_back(drop_rule({}, "not-allowed", "untrusted: only its client and authorized nodes"));
       break;
   }
   return c;
 }
 
-Chain Compiler::in_chain(const VmNet& vm) const {
-  const std::string& n = vm.name;
-  Chain c;
-  c.name = "vm_" + n + "_in";
+Chain Compiler::in_chain() const {
+  Chain c{"vm_in", std::nullopt, {}};
   auto& r = c.rules;
   // Its HTB class on the tap: the client's traffic, or everything else.
   if (opt_.shaping) {
-    r.push_back(
-        rule({}, {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::other)}}, n + ": shape as everything else"));
+    r.push_back(rule({}, {PriorityMap{{Field::oifname}, "vm_class"}}, "shape as everything else"));
     for (Family f : {Family::v4, Family::v6}) {
-      for (const auto& p : minimal(of_family(vm.client, f))) {
-        r.push_back(rule({nfproto(f), addr_match(saddr(f), p)},
-                         {PrioritySet{tc_handle(opt_.tc_major, vm.id, FlowClass::client)}},
-                         n + ": shape as its client " + p.to_string()));
-      }
+      r.push_back(rule({nfproto(f)}, {PriorityMap{{Field::oifname, saddr(f)}, std::string("vm_client") + sfx(f)}},
+                       "shape as its client"));
     }
   }
-  r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, n + ": replies and related"));
+  r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, "replies and related"));
   for (Family f : {Family::v4, Family::v6}) {
-    for (const auto& p : minimal(of_family(vm.client, f))) {
-      r.push_back(rule({nfproto(f), addr_match(saddr(f), p)}, {accept()},
-                       n + ": its own client " + p.to_string() + " may connect"));
-    }
+    r.push_back(rule({nfproto(f), in_set({Field::oifname, saddr(f)}, std::string("vm_client") + sfx(f))}, {accept()},
+                     "its own client may connect"));
   }
-  if (vm.level == TrustLevel::trusted) {
-    r.push_back(rule({}, {accept()}, n + ": trusted: reachable from anywhere"));
-  } else {
-    r.push_back(drop_rule(vm, {}, "inbound", "no new inbound connections except from its client"));
-  }
+  r.push_back(
+      rule({in_set({Field::oifname}, level_set(TrustLevel::trusted))}, {accept()}, "trusted: reachable from anywhere"));
+  r.push_back(drop_rule({}, "inbound", "no new inbound connections except from its client"));
   return c;
 }
 
-Chain Compiler::host_chain(const VmNet& vm) const {
-  const std::string& n = vm.name;
-  const trust::LevelPolicy& lp = policy_.level(vm.level);
-  Chain c;
-  c.name = "vm_" + n + "_host";
+Chain Compiler::host_chain() const {
+  Chain c{"vm_host", std::nullopt, {}};
   auto& r = c.rules;
-  r.push_back(drop_rule(vm, {neq(Field::ether_saddr, mac_bytes(vm.mac))}, "spoof-mac",
-                        "drop frames to the host not from the VM's MAC"));
-  if (vm.v4) {
-    r.push_back(drop_rule(vm, {nfproto(Family::v4), neq(Field::ip_saddr, address_bytes(*vm.v4))}, "spoof-ip",
-                          "drop packets to the host not from " + vm.v4->to_string()));
-  } else {
-    r.push_back(drop_rule(vm, {nfproto(Family::v4)}, "family", "IPv4 is not enabled for this VM"));
-  }
+  r.push_back(drop_rule({in_set({Field::iifname, Field::ether_saddr}, "vm_mac", true)}, "spoof-mac",
+                        "drop frames to the host not from the VM's own MAC"));
+  r.push_back(drop_rule({nfproto(Family::v4), in_set({Field::iifname}, "vm_ipv4", true)}, "family",
+                        "drop IPv4 from a VM that has no IPv4 address"));
+  r.push_back(drop_rule({nfproto(Family::v4), in_set({Field::iifname, Field::ip_saddr}, "vm_addr_v4", true)},
+                        "spoof-ip", "drop packets to the host not from the VM's own address"));
+  r.push_back(drop_rule({nfproto(Family::v6), in_set({Field::iifname}, "vm_ipv6", true)}, "family",
+                        "drop IPv6 from a VM that has no IPv6 address"));
   Prefix link_local = *Prefix::parse("fe80::/10");
-  if (vm.v6) {
-    // Neighbour discovery uses link-local sources, DAD the unspecified one.
-    r.push_back(drop_rule(
-        vm,
-        {nfproto(Family::v6), neq(Field::ip6_saddr, address_bytes(*vm.v6)),
-         in_prefix(Field::ip6_saddr, link_local, true), neq(Field::ip6_saddr, address_bytes(*IpAddress::parse("::")))},
-        "spoof-ip", "drop packets to the host not from " + vm.v6->to_string() + " or link-local"));
-    // A neighbour advertisement may only claim the VM's own addresses.
-    r.push_back(drop_rule(
-        vm,
-        {l4proto(IPPROTO_ICMPV6), eq(Field::icmpv6_type, u8_bytes(136)),
-         neq(Field::icmpv6_nd_target, address_bytes(*vm.v6)), in_prefix(Field::icmpv6_nd_target, link_local, true)},
-        "nd-spoof", "drop neighbour advertisements for addresses not the VM's"));
-  } else {
-    r.push_back(drop_rule(vm, {nfproto(Family::v6)}, "family", "IPv6 is not enabled for this VM"));
-  }
-  r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, n + ": replies and ICMP errors"));
+  // Neighbour discovery uses link-local sources, DAD the unspecified one.
+  r.push_back(drop_rule(
+      {nfproto(Family::v6), in_set({Field::iifname, Field::ip6_saddr}, "vm_addr_v6", true),
+       in_prefix(Field::ip6_saddr, link_local, true), neq(Field::ip6_saddr, address_bytes(*IpAddress::parse("::")))},
+      "spoof-ip", "drop packets to the host not from the VM's own address or link-local"));
+  // A neighbour advertisement may only claim the VM's own addresses.
+  r.push_back(drop_rule({l4proto(IPPROTO_ICMPV6), eq(Field::icmpv6_type, u8_bytes(136)),
+                         in_set({Field::iifname, Field::icmpv6_nd_target}, "vm_nd_v6", true),
+                         in_prefix(Field::icmpv6_nd_target, link_local, true)},
+                        "nd-spoof", "drop neighbour advertisements for addresses not the VM's"));
+  r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, "replies and ICMP errors"));
   for (std::uint8_t t : {133, 135, 136}) {  // router solicitation, neighbour solicitation/advertisement
     r.push_back(rule({l4proto(IPPROTO_ICMPV6), eq(Field::icmpv6_type, u8_bytes(t))}, {accept()},
-                     n + ": neighbour discovery " + trust::icmp_type_name(trust::IcmpFamily::v6, t)));
+                     "neighbour discovery " + trust::icmp_type_name(trust::IcmpFamily::v6, t)));
   }
-  if (vm.gateway4) {
-    r.push_back(rule({nfproto(Family::v4), eq(Field::ip_daddr, address_bytes(*vm.gateway4)), l4proto(IPPROTO_ICMP),
-                      eq(Field::icmp_type, u8_bytes(8))},
-                     {accept()}, n + ": ping its gateway"));
-  }
-  if (vm.gateway6) {
-    r.push_back(rule({nfproto(Family::v6), eq(Field::ip6_daddr, address_bytes(*vm.gateway6)), l4proto(IPPROTO_ICMPV6),
-                      eq(Field::icmpv6_type, u8_bytes(128))},
-                     {accept()}, n + ": ping its gateway"));
-  }
-  if (lp.dns.gateway_resolver) {
+  r.push_back(rule({nfproto(Family::v4), in_set({Field::iifname, Field::ip_daddr}, "vm_gateway_v4"),
+                    l4proto(IPPROTO_ICMP), eq(Field::icmp_type, u8_bytes(8))},
+                   {accept()}, "ping its gateway"));
+  r.push_back(rule({nfproto(Family::v6), in_set({Field::iifname, Field::ip6_daddr}, "vm_gateway_v6"),
+                    l4proto(IPPROTO_ICMPV6), eq(Field::icmpv6_type, u8_bytes(128))},
+                   {accept()}, "ping its gateway"));
+  for (TrustLevel l : kLevels) {
+    if (!policy_.level(l).dns.gateway_resolver) continue;
     for (Family f : {Family::v4, Family::v6}) {
-      const auto& gw = f == Family::v4 ? vm.gateway4 : vm.gateway6;
-      if (!gw) continue;
       for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_UDP), static_cast<std::uint8_t>(IPPROTO_TCP)}) {
-        r.push_back(
-            rule({nfproto(f), eq(daddr(f), address_bytes(*gw)), l4proto(proto), eq(Field::th_dport, be16_bytes(53))},
-                 {accept()}, n + ": DNS on its gateway"));
+        r.push_back(rule({in_set({Field::iifname}, level_set(l)), nfproto(f),
+                          in_set({Field::iifname, daddr(f)}, std::string("vm_gateway") + sfx(f)), l4proto(proto),
+                          eq(Field::th_dport, be16_bytes(53))},
+                         {accept()}, std::string(trust::to_string(l)) + ": DNS on its gateway"));
       }
     }
   }
-  r.push_back(drop_rule(vm, {}, "host", "nothing else reaches the host"));
+  r.push_back(drop_rule({}, "host", "nothing else reaches the host"));
   return c;
+}
+
+std::vector<Chain> Compiler::shared_chains() const {
+  std::vector<Chain> chains;
+  // Routing happens before forward: tunnel-bound packets are marked here,
+  // for `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md).
+  Chain prerouting{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {}};
+  prerouting.rules.push_back(
+      rule({vmap(Field::iifname, "vm_pre")}, {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
+  Chain forward{"forward", BaseHook{BaseHook::Hook::forward, opt_.priority, false}, {}};
+  // A client's tunnel carries only replies and its own connections to its
+  // own VM: nothing from a tunnel goes anywhere else (no relaying through
+  // the host), and a tunnel device without rules passes nothing.
+  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix + "t"),
+                                in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
+                               {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
+                               "a tunnel delivers only to its own VM"));
+  forward.rules.push_back(rule({in_set({Field::iifname}, "vms")}, {go_to("vm_out")}, "packets from a VM"));
+  forward.rules.push_back(rule({in_set({Field::oifname}, "vms")}, {go_to("vm_in")}, "packets to a VM"));
+  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
+                               {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+                               "fail closed: a VM interface without rules sends nothing"));
+  forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix)},
+                               {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+                               "fail closed: a VM interface without rules receives nothing"));
+  Chain input{"input", BaseHook{BaseHook::Hook::input, opt_.priority, false}, {}};
+  input.rules.push_back(rule({in_set({Field::iifname}, "vms")}, {go_to("vm_host")}, "packets from a VM to the host"));
+  input.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
+                             {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+                             "fail closed: a VM interface without rules reaches nothing on the host"));
+  chains = {prerouting, forward, input, out_chain()};
+  for (TrustLevel l : kLevels) chains.push_back(level_chain(l));
+  chains.push_back(in_chain());
+  chains.push_back(host_chain());
+  // Each drop: counted for its VM (a full counter set stops counting, not
+  // dropping: the count is a rule of its own), then logged and dropped.
+  for (const auto& d : kDropReasons) {
+    Chain dc{drop_chain(d.reason), std::nullopt, {}};
+    dc.rules.push_back(rule({}, {CountUpdate{"drops", d.key, d.reason}}, "count it for its VM"));
+    dc.rules.push_back(rule({}, {Counter{}, Log{opt_.log_group, std::string("sg? ") + d.reason + " "}, drop()},
+                            std::string("drop: ") + d.text));
+    chains.push_back(std::move(dc));
+  }
+  return chains;
 }
 
 Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const {
   VmParts p;
   const std::string& n = vm.name;
   const trust::LevelPolicy& lp = policy_.level(vm.level);
-  // Its only sets: the holes (prefix . protocol . ports, per-element
-  // timeouts). The client's addresses are in its rules, the meters shared.
-  for (Family f : {Family::v4, Family::v6}) {
-    Set h = holes_set(vm, f);
-    for (const auto& hole : holes) {
-      if (hole.vm != n) continue;
-      for (auto& e : hole_elements(vm, hole, f, now)) h.elements.push_back(std::move(e));
-    }
-    p.sets.push_back(std::move(h));
-  }
-  if (lp.daily_quota_bytes > 0) p.quotas.push_back(QuotaObject{"vm_" + n + "_quota", lp.daily_quota_bytes, 0});
-  p.chains = {out_chain(vm), in_chain(vm), host_chain(vm)};
-  auto map_elem = [&](const std::string& chain) {
+  auto key = [&](std::vector<SetElement::Part> more = {}) {
     SetElement e;
     e.key.push_back({ifname_bytes(n), {}});
-    e.verdict_chain = chain;
+    for (auto& part : more) e.key.push_back(std::move(part));
     return e;
   };
-  p.map_elements = {{"from_vm", map_elem("vm_" + n + "_out")},
-                    {"to_vm", map_elem("vm_" + n + "_in")},
-                    {"vm_to_host", map_elem("vm_" + n + "_host")}};
+  auto add = [&](const std::string& set, SetElement e) { p.elements.emplace_back(set, std::move(e)); };
+  add("vm_mac", key({{mac_bytes(vm.mac), {}}}));
+  for (Family f : {Family::v4, Family::v6}) {
+    const auto& own = f == Family::v4 ? vm.v4 : vm.v6;
+    if (own && policy_.owner.allows(f)) {
+      add(f == Family::v4 ? "vm_ipv4" : "vm_ipv6", key());
+      add(std::string("vm_addr") + sfx(f), key({{address_bytes(*own), {}}}));
+      if (f == Family::v6) add("vm_nd_v6", key({{address_bytes(*own), {}}}));
+    }
+    const auto& gw = f == Family::v4 ? vm.gateway4 : vm.gateway6;
+    if (gw) add(std::string("vm_gateway") + sfx(f), key({{address_bytes(*gw), {}}}));
+    for (const auto& c : minimal(of_family(vm.client, f))) {
+      SetElement e = key({prefix_element(c).key[0]});
+      if (opt_.shaping) e.data = host32_bytes(tc_handle(opt_.tc_major, vm.id, FlowClass::client));
+      add(std::string("vm_client") + sfx(f), std::move(e));
+    }
+  }
+  SetElement mark = key();
+  mark.data = host32_bytes(static_cast<std::uint32_t>(vm.id));
+  add("vm_mark", std::move(mark));
+  if (vm.level == TrustLevel::semi_trusted) {
+    SetElement syn = key();
+    syn.data = host32_bytes(static_cast<std::uint32_t>(vm.id) | kSynOnlyMark);
+    add("vm_mark_synonly", std::move(syn));
+  }
+  if (opt_.shaping) {
+    SetElement cls = key();
+    cls.data = host32_bytes(tc_handle(opt_.tc_major, vm.id, FlowClass::other));
+    add("vm_class", std::move(cls));
+  }
+  if (lp.daily_quota_bytes > 0) {
+    p.quotas.push_back(QuotaObject{"vm_" + n + "_quota", lp.daily_quota_bytes, 0});
+    SetElement q = key();
+    q.object = "vm_" + n + "_quota";
+    add("vm_quota", std::move(q));
+  }
+  add(level_set(vm.level), key());
+  for (const auto& hole : holes) {
+    if (hole.vm != n) continue;
+    if (auto h = hole_element(vm, hole, now)) p.hole_elements.push_back(std::move(*h));
+  }
   if (vm.v4) {
     SetElement e;
     e.key = {{ifname_bytes(n), {}}, {address_bytes(*vm.v4), {}}, {mac_bytes(vm.mac), {}}};
@@ -582,6 +722,10 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
   if (opt_.tunnel_of && vm.level == TrustLevel::untrusted) {
     if (auto tunnel = opt_.tunnel_of(vm.name)) add_tunnel_parts(p, vm, *tunnel);
   }
+  // Last: membership in "vms" is what sends its packets through the chains.
+  SetElement member = key();
+  member.comment = "VM " + std::to_string(vm.id) + ", " + std::string(trust::to_string(vm.level));
+  add("vms", std::move(member));
   return p;
 }
 
@@ -590,67 +734,34 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
   t.family = TableFamily::inet;
   t.name = opt_.table;
   t.sets = shared_sets();
-  Chain forward{"forward", BaseHook{BaseHook::Hook::forward, opt_.priority, false}, {}};
-  // A client's tunnel carries only replies and its own connections to its
-  // own VM: nothing from a tunnel goes anywhere else (no relaying through
-  // the host), and a tunnel device without rules passes nothing.
-  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix + "t"),
-                                in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
-                               {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
-                               "a tunnel delivers only to its own VM"));
-  forward.rules.push_back(rule({vmap(Field::iifname, "from_vm")}, {}, "dispatch packets from a VM to its chain"));
-  forward.rules.push_back(rule({vmap(Field::oifname, "to_vm")}, {}, "dispatch packets to a VM to its chain"));
-  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
-                               {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
-                               "fail closed: a VM interface without rules sends nothing"));
-  forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix)},
-                               {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
-                               "fail closed: a VM interface without rules receives nothing"));
-  Chain input{"input", BaseHook{BaseHook::Hook::input, opt_.priority, false}, {}};
-  input.rules.push_back(rule({vmap(Field::iifname, "vm_to_host")}, {}, "dispatch packets from a VM to the host"));
-  input.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
-                             {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
-                             "fail closed: a VM interface without rules reaches nothing on the host"));
-  // Routing happens before forward: tunnel-bound packets are marked here,
-  // for `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md).
-  Chain prerouting{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {}};
-  prerouting.rules.push_back(
-      rule({vmap(Field::iifname, "vm_pre")}, {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
-  t.chains = {prerouting, forward, input};
+  t.chains = shared_chains();
 
   Table arp;
   arp.family = TableFamily::arp;
   arp.name = opt_.table;
-  Set ok;
-  ok.name = "arp_ok";
-  ok.key = {KeyType::ifname, KeyType::ipv4_addr, KeyType::ether_addr};
+  Set ok = make_set("arp_ok", {KeyType::ifname, KeyType::ipv4_addr, KeyType::ether_addr});
   Chain arp_in{"input", BaseHook{BaseHook::Hook::input, opt_.priority, false}, {}};
   arp_in.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix),
                                in_set({Field::iifname, Field::arp_sip, Field::arp_sha}, "arp_ok", true)},
                               {Counter{}, Log{opt_.log_group, "sg? arp-spoof "}, drop()},
                               "ARP from a VM only for its own address and MAC"));
 
-  // Holes grouped by VM and the shared maps indexed once, so compiling
+  // Holes grouped by VM and the shared sets indexed once, so compiling
   // grows linearly with VMs and holes (a restart reconciles 1,000 VMs).
   std::map<std::string, std::vector<Hole>> holes_by_vm;
   for (const auto& h : holes) holes_by_vm[h.vm].push_back(h);
-  std::map<std::string, std::vector<SetElement>> map_elements;
+  std::map<std::string, Set*> by_name;
+  for (auto& s : t.sets) by_name[s.name] = &s;
   const std::vector<Hole> no_holes;
   for (const auto& vm : vms) {
     auto hv = holes_by_vm.find(vm.name);
     VmParts p = vm_parts(vm, hv == holes_by_vm.end() ? no_holes : hv->second, now);
-    t.sets.insert(t.sets.end(), std::make_move_iterator(p.sets.begin()), std::make_move_iterator(p.sets.end()));
     t.quotas.insert(t.quotas.end(), p.quotas.begin(), p.quotas.end());
     t.chains.insert(t.chains.end(), std::make_move_iterator(p.chains.begin()), std::make_move_iterator(p.chains.end()));
-    for (auto& [map, e] : p.map_elements) map_elements[map].push_back(std::move(e));
-    ok.elements.insert(ok.elements.end(), p.arp_elements.begin(), p.arp_elements.end());
-  }
-  for (auto& s : t.sets) {
-    auto it = map_elements.find(s.name);
-    // Shared verdict maps, and the shared tunnel_ok set (ifname . ifname).
-    if (it != map_elements.end()) {
-      s.elements.insert(s.elements.end(), it->second.begin(), it->second.end());
+    for (auto* list : {&p.elements, &p.hole_elements}) {
+      for (auto& [set, e] : *list) by_name.at(set)->elements.push_back(std::move(e));
     }
+    ok.elements.insert(ok.elements.end(), p.arp_elements.begin(), p.arp_elements.end());
   }
   arp.sets = {ok};
   arp.chains = {arp_in};
@@ -661,95 +772,125 @@ Plan Compiler::plan_add_vm(const VmNet& vm, const std::vector<Hole>& holes, std:
   return plan_add_parts(vm_parts(vm, holes, now));
 }
 
-Plan Compiler::plan_remove_vm(const VmNet& vm) const { return plan_remove_parts(vm_parts(vm, {}, 0)); }
+Plan Compiler::plan_remove_vm(const VmNet& vm, const std::vector<Hole>& holes) const {
+  return plan_remove_parts(vm_parts(vm, holes, 0));
+}
+
+namespace {
+
+// One op per set, in the order the sets first appear; each op carries the
+// set's declaration so the backend need not ask the kernel for it.
+void element_ops(Plan& plan, const std::string& table, const std::vector<Set>& decls,
+                 const std::vector<std::pair<std::string, SetElement>>& elements, Op::Kind kind) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<SetElement>> by_set;
+  for (const auto& [set, e] : elements) {
+    auto& list = by_set[set];
+    if (list.empty()) order.push_back(set);
+    list.push_back(e);
+  }
+  for (const auto& name : order) {
+    Op o;
+    o.kind = kind;
+    o.table = table;
+    o.name = name;
+    auto it = std::find_if(decls.begin(), decls.end(), [&](const Set& s) { return s.name == name; });
+    if (it != decls.end()) {
+      o.set = *it;
+      o.set.elements.clear();
+    }
+    o.elements = std::move(by_set[name]);
+    plan.ops.push_back(std::move(o));
+  }
+}
+
+}  // namespace
 
 Plan Compiler::plan_add_parts(const VmParts& p) const {
   Plan plan;
-  auto op = [&](Op::Kind k, TableFamily fam = TableFamily::inet) {
-    Op o;
-    o.kind = k;
-    o.family = fam;
-    o.table = opt_.table;
-    return o;
-  };
-  for (const auto& s : p.sets) {
-    Op o = op(Op::Kind::add_set);
-    o.name = s.name;
-    o.set = s;
-    plan.ops.push_back(std::move(o));
-  }
+  const std::vector<Set> decls = shared_sets();
   for (const auto& q : p.quotas) {
-    Op o = op(Op::Kind::add_quota);
+    Op o;
+    o.kind = Op::Kind::add_quota;
+    o.table = opt_.table;
     o.name = q.name;
     o.quota = q;
     plan.ops.push_back(std::move(o));
   }
   for (const auto& c : p.chains) {
-    Op o = op(Op::Kind::add_chain);
+    Op o;
+    o.kind = Op::Kind::add_chain;
+    o.table = opt_.table;
     o.name = c.name;
     o.chain = c;
     plan.ops.push_back(std::move(o));
   }
-  // Dispatch last: the chains are complete before any packet can reach them.
+  element_ops(plan, opt_.table, decls, p.hole_elements, Op::Kind::add_elements);
+  // Membership in "vms" (and the tunnel dispatch) last: everything the
+  // chains look up for the VM is in place before any packet can use it.
+  std::vector<std::pair<std::string, SetElement>> first;
+  std::vector<std::pair<std::string, SetElement>> last;
+  for (const auto& el : p.elements) (el.first == "vms" || el.first == "vm_pre" ? last : first).push_back(el);
+  element_ops(plan, opt_.table, decls, first, Op::Kind::add_elements);
   for (const auto& e : p.arp_elements) {
-    Op o = op(Op::Kind::add_elements, TableFamily::arp);
+    Op o;
+    o.kind = Op::Kind::add_elements;
+    o.family = TableFamily::arp;
+    o.table = opt_.table;
     o.name = "arp_ok";
+    o.set = make_set("arp_ok", {KeyType::ifname, KeyType::ipv4_addr, KeyType::ether_addr});
     o.elements = {e};
     plan.ops.push_back(std::move(o));
   }
-  for (const auto& [map, e] : p.map_elements) {
-    Op o = op(Op::Kind::add_elements);
-    o.name = map;
-    o.elements = {e};
-    plan.ops.push_back(std::move(o));
-  }
+  element_ops(plan, opt_.table, decls, last, Op::Kind::add_elements);
   return plan;
 }
 
 Plan Compiler::plan_remove_parts(const VmParts& p) const {
   Plan plan;
-  auto op = [&](Op::Kind k, const std::string& name, TableFamily fam = TableFamily::inet) {
-    Op o;
-    o.kind = k;
-    o.family = fam;
-    o.table = opt_.table;
-    o.name = name;
-    return o;
-  };
-  // Undispatch first: from then on the catch-all drops the VM's packets.
-  for (const auto& [map, e] : p.map_elements) {
-    Op o = op(Op::Kind::delete_elements, map);
-    o.elements = {e};
-    plan.ops.push_back(std::move(o));
-  }
+  const std::vector<Set> decls = shared_sets();
+  // Out of "vms" (and the tunnel dispatch) first: from then on the
+  // catch-all drops the VM's packets.
+  std::vector<std::pair<std::string, SetElement>> first;
+  std::vector<std::pair<std::string, SetElement>> rest;
+  for (const auto& el : p.elements) (el.first == "vms" || el.first == "vm_pre" ? first : rest).push_back(el);
+  element_ops(plan, opt_.table, decls, first, Op::Kind::delete_elements);
   for (const auto& e : p.arp_elements) {
-    Op o = op(Op::Kind::delete_elements, "arp_ok", TableFamily::arp);
+    Op o;
+    o.kind = Op::Kind::delete_elements;
+    o.family = TableFamily::arp;
+    o.table = opt_.table;
+    o.name = "arp_ok";
+    o.set = make_set("arp_ok", {KeyType::ifname, KeyType::ipv4_addr, KeyType::ether_addr});
     o.elements = {e};
     plan.ops.push_back(std::move(o));
   }
+  element_ops(plan, opt_.table, decls, rest, Op::Kind::delete_elements);
+  // Holes the kernel already timed out are gone: no error for those.
+  element_ops(plan, opt_.table, decls, p.hole_elements, Op::Kind::destroy_elements);
   for (const auto& c : p.chains) {
-    plan.ops.push_back(op(Op::Kind::flush_chain, c.name));
-    plan.ops.push_back(op(Op::Kind::delete_chain, c.name));
+    for (Op::Kind k : {Op::Kind::flush_chain, Op::Kind::delete_chain}) {
+      Op o;
+      o.kind = k;
+      o.table = opt_.table;
+      o.name = c.name;
+      plan.ops.push_back(std::move(o));
+    }
   }
-  for (const auto& s : p.sets) plan.ops.push_back(op(Op::Kind::delete_set, s.name));
-  for (const auto& q : p.quotas) plan.ops.push_back(op(Op::Kind::delete_quota, q.name));
+  // After the vm_quota element that names it.
+  for (const auto& q : p.quotas) {
+    Op o;
+    o.kind = Op::Kind::delete_quota;
+    o.table = opt_.table;
+    o.name = q.name;
+    plan.ops.push_back(std::move(o));
+  }
   return plan;
 }
 
 Plan Compiler::plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const {
   Plan plan;
-  for (Family f : {Family::v4, Family::v6}) {
-    auto elems = hole_elements(vm, hole, f, now);
-    if (elems.empty()) continue;
-    Op o;
-    o.kind = Op::Kind::add_elements;
-    o.table = opt_.table;
-    // The set's layout, so the backend need not ask the kernel for it.
-    o.set = holes_set(vm, f);
-    o.name = o.set.name;
-    o.elements = std::move(elems);
-    plan.ops.push_back(std::move(o));
-  }
+  if (auto h = hole_element(vm, hole, now)) element_ops(plan, opt_.table, shared_sets(), {*h}, Op::Kind::add_elements);
   return plan;
 }
 
@@ -780,16 +921,19 @@ Chain Compiler::tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const {
   };
   Match from_tunnel = eq(Field::iifname, ifname_bytes(tunnel.device));
   clamp({from_tunnel}, "clamp TCP MSS from the tunnel to its MTU " + std::to_string(tunnel.mtu));
-  r.push_back(rule({from_tunnel}, {Verdict{Verdict::Kind::ret, ""}}, n + ": from its tunnel: routed normally"));
+  r.push_back(rule({from_tunnel}, {ret()}, n + ": from its tunnel: routed normally"));
   for (Family f : {Family::v4, Family::v6}) {
     for (const auto& p : minimal(of_family(vm.client, f))) {
-      r.push_back(rule({nfproto(f), addr_match(daddr(f), p)}, {Verdict{Verdict::Kind::ret, ""}},
-                       n + ": its own client: direct (" + p.to_string() + ")"));
+      r.push_back(
+          rule({nfproto(f), addr_match(daddr(f), p)}, {ret()}, n + ": its own client: direct (" + p.to_string() + ")"));
     }
   }
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(rule({nfproto(f), in_set({daddr(f), Field::l4proto, Field::th_dport}, "vm_" + n + "_holes" + sfx(f))},
-                     {Verdict{Verdict::Kind::ret, ""}}, n + ": authorized nodes: direct"));
+    for (const char* kind : {"", "_range"}) {
+      r.push_back(rule({nfproto(f), in_set({Field::iifname, daddr(f), Field::l4proto, Field::th_dport},
+                                           std::string("holes") + sfx(f) + kind)},
+                       {ret()}, n + ": authorized nodes: direct"));
+    }
   }
   r.push_back(rule({}, {MarkSet{tunnel_mark(vm.id)}},
                    n + ": everything else is routed into " + tunnel.device + " (ip rule fwmark)"));
@@ -805,11 +949,14 @@ void Compiler::add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tu
     e.verdict_chain = "vm_" + vm.name + "_pre";
     return e;
   };
-  p.map_elements.emplace_back("vm_pre", map_elem(vm.name));
-  p.map_elements.emplace_back("vm_pre", map_elem(tunnel.device));
+  p.elements.emplace_back("vm_pre", map_elem(vm.name));
+  p.elements.emplace_back("vm_pre", map_elem(tunnel.device));
   SetElement ok;
   ok.key = {{ifname_bytes(tunnel.device), {}}, {ifname_bytes(vm.name), {}}};
-  p.map_elements.emplace_back("tunnel_ok", std::move(ok));
+  p.elements.emplace_back("tunnel_ok", std::move(ok));
+  SetElement out;
+  out.key = {{ifname_bytes(vm.name), {}}, {ifname_bytes(tunnel.device), {}}, {host32_bytes(tunnel_mark(vm.id)), {}}};
+  p.elements.emplace_back("tunnel_out", std::move(out));
 }
 
 // The tunnel's parts alone: its chain, then its dispatch and guard elements
@@ -840,6 +987,8 @@ Plan Compiler::plan_update_block_list() const {
     add.kind = Op::Kind::add_elements;
     add.table = opt_.table;
     add.name = s.name;
+    add.set = s;
+    add.set.elements.clear();
     add.elements = s.elements;
     plan.ops.push_back(std::move(add));
   }
@@ -850,9 +999,24 @@ std::string Compiler::vm_text(const VmNet& vm, const std::vector<Hole>& holes, s
   VmParts p = vm_parts(vm, holes, now);
   Table t;
   t.name = opt_.table;
-  t.sets = p.sets;
   t.quotas = p.quotas;
-  t.chains = p.chains;
+  // Its elements, in the sets they belong to.
+  for (auto s : shared_sets()) {
+    s.elements.clear();
+    for (const auto* list : {&p.elements, &p.hole_elements}) {
+      for (const auto& [set, e] : *list) {
+        if (set == s.name) s.elements.push_back(e);
+      }
+    }
+    if (!s.elements.empty()) t.sets.push_back(std::move(s));
+  }
+  // The chains its packets go through.
+  for (auto& c : shared_chains()) {
+    if (c.name == "vm_out" || c.name == level_chain_name(vm.level) || c.name == "vm_in" || c.name == "vm_host") {
+      t.chains.push_back(std::move(c));
+    }
+  }
+  t.chains.insert(t.chains.end(), p.chains.begin(), p.chains.end());
   return to_nft_text(t);
 }
 

@@ -2,18 +2,29 @@
 // holes) -> the daemon's nftables ruleset, and the small plans that add or
 // remove one VM or one hole without touching the rest. No syscalls here.
 //
-// Layout (see docs/enforcement.md for the full picture):
+// Layout (see docs/enforcement.md for the full picture): every VM runs
+// through the same chains; what makes a VM itself (its MAC, addresses,
+// client, level, ct mark, tc classes, quota, holes) are elements keyed by
+// its interface name in shared sets and maps. Adding or removing a VM or a
+// hole therefore adds or removes elements only, never a rule: on Linux 6.x
+// any transaction that adds a rule or a jump re-validates every rule of the
+// table, so per-VM rules made each change cost more with every VM.
+//
 //   table inet surrogated
-//     chain forward  (hook forward, priority -10): iifname vmap @from_vm,
-//                    oifname vmap @to_vm, then drop anything on "sg*" left
-//     chain input    (hook input,   priority -10): iifname vmap @vm_to_host,
+//     chain forward  (hook forward, priority -10): iifname @vms goto vm_out,
+//                    oifname @vms goto vm_in, then drop anything on "sg*" left
+//     chain input    (hook input,   priority -10): iifname @vms goto vm_host,
 //                    then drop anything from "sg*" left
-//     shared sets    reserved_*, allow_reserved_*, block_*, closed_ports,
-//                    semi_tcp_*, semi_udp_*, meters dst_pps_* / dst_bps_*
-//                    (keyed by interface . destination prefix)
-//     per VM         chains vm_<name>_out / _in / _host, maps
-//                    vm_<name>_holes_v4/_v6 (hole -> tc class), quota
-//                    vm_<name>_quota; its client's addresses are in its rules
+//     chain vm_out   anti-spoofing, ct mark, tc class, guardrails, client,
+//                    quota, holes, then goto <level>_out by @level_* set
+//     chains untrusted_out / semi_out / trusted_out: meters, SYN rate,
+//                    established, what the level allows
+//     chains drop_<reason>: count the drop per VM in @drops, log it to the
+//                    nflog group ("sg? <reason> ": the VM is the interface)
+//     per VM         elements in vms, vm_mac, vm_addr_*, vm_client_*,
+//                    vm_mark, vm_class, vm_quota (+ quota vm_<name>_quota),
+//                    level_*, holes_*; a chain vm_<name>_pre only while its
+//                    GRE tunnel is up
 //   table arp surrogated
 //     chain input: ARP from "sg*" only with the VM's own address and MAC
 #pragma once
@@ -105,8 +116,10 @@ class Compiler {
   [[nodiscard]] Ruleset compile(const std::vector<VmNet>& vms, const std::vector<Hole>& holes, std::int64_t now) const;
 
   // Everything that belongs to one VM, and the plans to add or remove it.
+  // Removing takes its holes too: their elements go with it (those the
+  // kernel already timed out are no error).
   [[nodiscard]] Plan plan_add_vm(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
-  [[nodiscard]] Plan plan_remove_vm(const VmNet& vm) const;
+  [[nodiscard]] Plan plan_remove_vm(const VmNet& vm, const std::vector<Hole>& holes = {}) const;
   [[nodiscard]] Plan plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const;
   [[nodiscard]] Plan plan_remove_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const;
   // A VM's tunnel: the prerouting chain that marks its tunnel-bound packets
@@ -117,41 +130,47 @@ class Compiler {
   // Replaces the block list in place (abuse complaints act at once).
   [[nodiscard]] Plan plan_update_block_list() const;
 
-  // The VM's own chains, as nft text (surrogatectl rules show VM).
+  // What the VM's packets go through and its own elements, as nft text
+  // (surrogatectl rules show VM).
   [[nodiscard]] std::string vm_text(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
 
   [[nodiscard]] const CompileOptions& options() const { return opt_; }
-  // The per-destination meters shared by all VMs (keyed by iifname first).
+  // The dynamic sets the packet path fills, keyed by a VM's interface name
+  // first (meters, SYN rate, drop counters): purged when a VM goes.
   [[nodiscard]] static std::vector<std::string> meter_sets() {
-    return {"dst_pps_v4", "dst_bps_v4", "dst_pps_v6", "dst_bps_v6"};
+    return {"dst_pps_v4", "dst_bps_v4", "dst_pps_v6", "dst_bps_v6", "syn_rate", "drops"};
   }
+  // The chain a drop for `reason` goes to ("spoof-ip" -> "drop_spoof_ip").
+  [[nodiscard]] static std::string drop_chain(const std::string& reason);
 
  private:
   struct VmParts {
-    std::vector<Set> sets;
     std::vector<QuotaObject> quotas;
-    std::vector<Chain> chains;
-    std::vector<std::pair<std::string, SetElement>> map_elements;  // map name -> element
+    std::vector<Chain> chains;                                      // its tunnel's chain, while it has one
+    std::vector<std::pair<std::string, SetElement>> elements;       // set name -> element (inet table)
+    std::vector<std::pair<std::string, SetElement>> hole_elements;  // set name -> element
     std::vector<SetElement> arp_elements;
   };
   [[nodiscard]] VmParts vm_parts(const VmNet& vm, const std::vector<Hole>& holes, std::int64_t now) const;
-  // The ops that add these parts (dispatch elements last) or remove them
-  // (dispatch elements first).
+  // The ops that add these parts ("vms" membership last) or remove them
+  // ("vms" membership first).
   [[nodiscard]] Plan plan_add_parts(const VmParts& p) const;
   [[nodiscard]] Plan plan_remove_parts(const VmParts& p) const;
-  [[nodiscard]] Chain out_chain(const VmNet& vm) const;
-  [[nodiscard]] Chain in_chain(const VmNet& vm) const;
-  [[nodiscard]] Chain host_chain(const VmNet& vm) const;
+  [[nodiscard]] std::vector<Chain> shared_chains() const;
+  [[nodiscard]] Chain out_chain() const;
+  [[nodiscard]] Chain level_chain(trust::TrustLevel level) const;
+  [[nodiscard]] Chain in_chain() const;
+  [[nodiscard]] Chain host_chain() const;
   [[nodiscard]] Chain tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const;
   // The tunnel's chain and its dispatch/guard elements (set name -> element).
   void add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tunnel) const;
+  // Every set of the inet table, without the VMs' elements.
   [[nodiscard]] std::vector<Set> shared_sets() const;
-  [[nodiscard]] Set holes_set(const VmNet& vm, Family f) const;
   [[nodiscard]] std::uint32_t hole_class(const VmNet& vm, const Hole& hole) const;
-  [[nodiscard]] std::vector<SetElement> hole_elements(const VmNet& vm, const Hole& hole, Family family,
-                                                      std::int64_t now) const;
-  [[nodiscard]] Rule drop_rule(const VmNet& vm, std::vector<Match> matches, const std::string& reason,
-                               const std::string& why) const;
+  // The map a hole goes to (exact ones hash, ranges interval) and its element.
+  [[nodiscard]] std::optional<std::pair<std::string, SetElement>> hole_element(const VmNet& vm, const Hole& hole,
+                                                                               std::int64_t now) const;
+  [[nodiscard]] Rule drop_rule(std::vector<Match> matches, const std::string& reason, const std::string& why) const;
 
   const trust::Policy& policy_;
   CompileOptions opt_;

@@ -277,10 +277,17 @@ std::optional<DropEvent> NflogListener::handle(const nlmsghdr* nlh, std::int64_t
   }
   ev.vm_id = vm_id_from_name(ev.vm);
   if (ev.vm_id == 0) {
-    // "sg?": the VM is the tap the packet came in on.
-    const std::int64_t id = vm_id_from_name(ev.indev);
-    ev.vm = id != 0 ? ev.indev : "";
-    ev.vm_id = id;
+    // "sg?": the VM is the tap the packet came in on, or for a packet to a
+    // VM (inbound) the one it was going out of.
+    for (const std::string* dev : {&ev.indev, &ev.outdev}) {
+      if (dev == &ev.outdev && ev.reason != "inbound") break;
+      const std::int64_t id = vm_id_from_name(*dev);
+      if (id == 0) continue;
+      ev.vm = *dev;
+      ev.vm_id = id;
+      break;
+    }
+    if (ev.vm_id == 0) ev.vm.clear();
   }
   std::uint16_t hw_protocol = 0;
   if (attrs[NFULA_PACKET_HDR] != nullptr &&

@@ -2,9 +2,10 @@
 // every drop of every VM reaches the flow log with VM, reason and addresses.
 //
 // Contract with the nftables compiler: every drop rule logs to one nflog
-// group with the prefix "<vm> <reason> " ("sg3 reserved ", "sg12 spoof-ip ").
-// When the VM is not known to the rule ("sg? no-chain ", "sg? arp-spoof "),
-// the VM is the input interface, whose name is "sg<id>".
+// group with the prefix "sg? <reason> " ("sg? reserved "): the rules are
+// shared by all VMs, so the VM is the input interface, whose name is
+// "sg<id>" (for "inbound" drops, the output interface). A prefix naming the
+// VM ("sg3 reserved ") is honoured as well.
 //
 // The listener asks for the first 128 bytes of each packet (enough for the
 // IPv4/IPv6 header, a few extension headers and the transport ports) and for

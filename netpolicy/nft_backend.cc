@@ -163,11 +163,17 @@ KeySpec key_spec(KeyType k) {
     case KeyType::ifname: return {41, 16, 1};
     case KeyType::ether_addr: return {9, 6, 2};
     case KeyType::classid: return {23, 4, 1};
+    case KeyType::mark: return {19, 4, 1};
+    case KeyType::nd_target: return {4, 16, 2};  // nft's "integer"
   }
   return {0, 0, 0};
 }
 
-constexpr std::uint32_t kTypeBits = 6;  // concatenated type ids: (a << 6) | b
+constexpr std::uint32_t kTypeBits = 6;
+
+// NFT_MSG_DESTROYSETELEM (Linux 6.3): delete elements, ignoring those that
+// are already gone. Debian's 6.1 uapi headers predate it.
+constexpr std::uint16_t kNftMsgDestroySetElem = 30;  // concatenated type ids: (a << 6) | b
 
 std::uint16_t nfproto_of(TableFamily f) { return f == TableFamily::inet ? NFPROTO_INET : NFPROTO_ARP; }
 
@@ -631,14 +637,46 @@ class RuleCompiler {
     return {};
   }
   Status compile_statement(const PriorityMap& p) {
-    if (p.map.empty()) return make_error("meta priority set ... map names no map");
-    if (auto st = load_key(p.fields, p.map); !st) return st;
+    if (auto st = map_value(p.fields, p.map); !st) return st;
+    b_.meta_store(NFT_META_PRIORITY, NFT_REG_1);
+    return {};
+  }
+  // Looks the key up in `map` and leaves the value in NFT_REG_1.
+  Status map_value(const std::vector<Field>& fields, const std::string& map) {
+    if (map.empty()) return make_error("a map lookup names no map");
+    if (auto st = load_key(fields, map); !st) return st;
     auto e = RuleBuilder::make("lookup");
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
-    nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, p.map.c_str());
+    nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, map.c_str());
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_DREG, NFT_REG_1);
     b_.add(std::move(e));
-    b_.meta_store(NFT_META_PRIORITY, NFT_REG_1);
+    return {};
+  }
+  Status compile_statement(const CtMarkMap& c) {
+    if (auto st = map_value(c.fields, c.map); !st) return st;
+    b_.ct_store(NFT_CT_MARK, NFT_REG_1);
+    return {};
+  }
+  Status compile_statement(const QuotaMap& q) {
+    if (q.map.empty()) return make_error("quota name ... map names no map");
+    if (auto st = load_key(q.fields, q.map); !st) return st;
+    auto e = RuleBuilder::make("objref");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_OBJREF_SET_SREG, NFT_REG_1);
+    nftnl_expr_set_str(e.get(), NFTNL_EXPR_OBJREF_SET_NAME, q.map.c_str());
+    b_.add(std::move(e));
+    return {};
+  }
+  Status compile_statement(const CountUpdate& u) {
+    if (u.key != Field::iifname && u.key != Field::oifname) return make_error("a drop counter is keyed by interface");
+    if (u.tag.empty() || u.tag.size() > 15) return make_error("a counter tag must have 1 to 15 bytes: " + u.tag);
+    load(u.key, NFT_REG_1);
+    b_.immediate_data(NFT_REG32_00 + 4, ifname_bytes(u.tag));
+    auto e = RuleBuilder::make("dynset");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+    nftnl_expr_set_str(e.get(), NFTNL_EXPR_DYNSET_SET_NAME, u.set.c_str());
+    nftnl_expr_set(e.get(), NFTNL_EXPR_DYNSET_EXPR, RuleBuilder::make("counter").release(), 0);
+    b_.add(std::move(e));
     return {};
   }
   Status compile_statement(const MeterUpdate& u) {
@@ -790,6 +828,10 @@ Status add_elements_to(nftnl_set* s, const Set& decl, const std::vector<SetEleme
         }
         nftnl_set_elem_set(el.get(), NFTNL_SET_ELEM_DATA, e.data.data(), static_cast<std::uint32_t>(e.data.size()));
       }
+      if (decl.quota_map) {
+        if (e.object.empty()) return make_error("an element of quota map '" + decl.name + "' names no quota");
+        nftnl_set_elem_set_str(el.get(), NFTNL_SET_ELEM_OBJREF, e.object.c_str());
+      }
       if (decl.verdict_map) {
         if (e.verdict_chain.empty()) return make_error("an element of map '" + decl.name + "' has no chain");
         nftnl_set_elem_set_u32(el.get(), NFTNL_SET_ELEM_VERDICT, static_cast<std::uint32_t>(NFT_GOTO));
@@ -836,6 +878,50 @@ nft::Set new_set_handle(TableFamily family, const std::string& table, const std:
   return s;
 }
 
+// A set keyed by an ND target is declared the way nft declares `typeof
+// iifname . @th,64,128`: the expressions that read each part, in nft's
+// userdata layout (expression type, then its own attributes), so that `nft
+// list` shows the same set either way.
+Status put_typeof(nftnl_udata_buf* ud, const Set& decl) {
+  constexpr std::uint32_t kExprMeta = 9, kExprPayload = 7, kExprConcat = 13;  // nft's enum expr_types
+  auto put_part = [&](KeyType k) -> Status {
+    if (k == KeyType::ifname) {
+      nftnl_udata_put_u32(ud, 0, kExprMeta);
+      auto* data = nftnl_udata_nest_start(ud, 1);
+      nftnl_udata_put_u32(ud, 0, NFT_META_IIFNAME);
+      nftnl_udata_nest_end(ud, data);
+      return {};
+    }
+    if (k == KeyType::nd_target) {
+      nftnl_udata_put_u32(ud, 0, kExprPayload);
+      auto* data = nftnl_udata_nest_start(ud, 1);
+      nftnl_udata_put_u32(ud, 0, 0);    // no protocol description: raw
+      nftnl_udata_put_u32(ud, 1, 0);    // no field
+      nftnl_udata_put_u32(ud, 2, 3);    // nft's PROTO_BASE_TRANSPORT_HDR
+      nftnl_udata_put_u32(ud, 3, 64);   // bit offset
+      nftnl_udata_put_u32(ud, 4, 128);  // bit length
+      nftnl_udata_nest_end(ud, data);
+      return {};
+    }
+    return make_error("set " + decl.name + ": a set keyed by an ND target may only add an interface name");
+  };
+  auto* top = nftnl_udata_nest_start(ud, NFTNL_UDATA_SET_KEY_TYPEOF);
+  if (decl.key.size() == 1) {
+    if (auto st = put_part(decl.key[0]); !st) return st;
+  } else {
+    nftnl_udata_put_u32(ud, 0, kExprConcat);
+    auto* parts = nftnl_udata_nest_start(ud, 1);
+    for (std::size_t i = 0; i < decl.key.size(); ++i) {
+      auto* part = nftnl_udata_nest_start(ud, static_cast<std::uint16_t>(i));
+      if (auto st = put_part(decl.key[i]); !st) return st;
+      nftnl_udata_nest_end(ud, part);
+    }
+    nftnl_udata_nest_end(ud, parts);
+  }
+  nftnl_udata_nest_end(ud, top);
+  return {};
+}
+
 Result<nft::Set> build_set(TableFamily family, const std::string& table, const Set& decl, std::uint32_t id) {
   auto layout = set_layout(decl);
   if (!layout) return layout.error();
@@ -843,6 +929,7 @@ Result<nft::Set> build_set(TableFamily family, const std::string& table, const S
   std::uint32_t flags = 0;
   if (decl.interval) flags |= NFT_SET_INTERVAL;
   if (decl.verdict_map || decl.data_type) flags |= NFT_SET_MAP;
+  if (decl.quota_map) flags |= NFT_SET_OBJECT;
   if (decl.timeout) flags |= NFT_SET_TIMEOUT;
   if (decl.dynamic) flags |= NFT_SET_EVAL;
   if (layout->concat && decl.interval) flags |= NFT_SET_CONCAT;  // the kernel wants it only with intervals (pipapo)
@@ -857,6 +944,7 @@ Result<nft::Set> build_set(TableFamily family, const std::string& table, const S
   nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, type);
   nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, key_len);
   nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
+  if (decl.quota_map) nftnl_set_set_u32(s.get(), NFTNL_SET_OBJ_TYPE, NFT_OBJECT_QUOTA);
   if (decl.verdict_map) {
     nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, NFT_DATA_VERDICT);
     nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, 0);
@@ -877,9 +965,12 @@ Result<nft::Set> build_set(TableFamily family, const std::string& table, const S
     nftnl_set_set_data(s.get(), NFTNL_SET_DESC_CONCAT, field_len.data(), static_cast<std::uint32_t>(field_len.size()));
   }
   // The key byte order helps `nft list` print values of integer-based types.
-  nft::UdataBuf ud(nftnl_udata_buf_alloc(64));
+  nft::UdataBuf ud(nftnl_udata_buf_alloc(256));
   nftnl_udata_put_u32(ud.get(), NFTNL_UDATA_SET_KEYBYTEORDER, layout->concat ? 0 : key_spec(decl.key[0]).byteorder);
   if (decl.data_type) nftnl_udata_put_u32(ud.get(), NFTNL_UDATA_SET_DATABYTEORDER, key_spec(*decl.data_type).byteorder);
+  if (std::find(decl.key.begin(), decl.key.end(), KeyType::nd_target) != decl.key.end()) {
+    if (auto st = put_typeof(ud.get(), decl); !st) return st.error();
+  }
   nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(ud.get()), nftnl_udata_buf_len(ud.get()));
   return s;
 }
@@ -900,21 +991,42 @@ class BatchBuilder {
   nlmsghdr* start(std::uint16_t type, TableFamily family, std::uint16_t flags, std::string what) {
     descriptions_[seq_] = std::move(what);
     last_seq_ = seq_;
-    last_ = nftnl_nlmsg_build_hdr(static_cast<char*>(nftnl_batch_buffer(batch_.get())), type, nfproto_of(family), flags,
-                                  seq_++);
-    return last_;
+    return nftnl_nlmsg_build_hdr(static_cast<char*>(nftnl_batch_buffer(batch_.get())), type, nfproto_of(family), flags,
+                                 seq_++);
   }
   void done() { nftnl_batch_update(batch_.get()); }
 
   void finish() {
     // Only the last message asks for an ack: the kernel reports every failing
     // message anyway, and this ack proves the whole batch was processed.
-    if (last_ != nullptr) last_->nlmsg_flags |= NLM_F_ACK;
+    if (last_seq_ != 0) ack_last_message();
     nftnl_batch_end(static_cast<char*>(nftnl_batch_buffer(batch_.get())), seq_++);
     nftnl_batch_update(batch_.get());
   }
 
   [[nodiscard]] bool empty() const { return descriptions_.empty(); }
+
+  // The last message is wherever the batch holds it now: a message that did
+  // not fit its page was copied to a new one by nftnl_batch_update(), so a
+  // pointer taken while building it may point at a stale copy.
+  void ack_last_message() {
+    std::vector<iovec> iov(static_cast<std::size_t>(nftnl_batch_iovec_len(batch_.get())));
+    nftnl_batch_iovec(batch_.get(), iov.data(), static_cast<std::uint32_t>(iov.size()));
+    for (auto it = iov.rbegin(); it != iov.rend(); ++it) {
+      auto* page = static_cast<char*>(it->iov_base);
+      nlmsghdr* last = nullptr;
+      for (std::size_t off = 0; off + sizeof(nlmsghdr) <= it->iov_len;) {
+        auto* h = reinterpret_cast<nlmsghdr*>(page + off);
+        if (h->nlmsg_len < sizeof(nlmsghdr)) break;
+        last = h;
+        off += NLMSG_ALIGN(h->nlmsg_len);
+      }
+      if (last != nullptr) {
+        last->nlmsg_flags |= NLM_F_ACK;
+        return;
+      }
+    }
+  }
   nftnl_batch* get() { return batch_.get(); }
   [[nodiscard]] std::uint32_t begin_seq() const { return begin_seq_; }
   [[nodiscard]] std::uint32_t last_seq() const { return last_seq_; }
@@ -935,7 +1047,6 @@ class BatchBuilder {
   std::uint32_t seq_;
   std::uint32_t begin_seq_ = 0;
   std::uint32_t last_seq_ = 0;
-  nlmsghdr* last_ = nullptr;  // points into the batch's page, which never moves
   std::map<std::uint32_t, std::string> descriptions_;
 };
 
@@ -981,14 +1092,17 @@ class PlanEncoder {
         return encode_elements(op, op.set, op.set.elements, NFT_MSG_NEWSETELEM, true);
       }
       case Op::Kind::add_elements:
-      case Op::Kind::delete_elements: {
+      case Op::Kind::delete_elements:
+      case Op::Kind::destroy_elements: {
         if (op.set.key.empty()) {
           return make_error("'" + op_text(op) + "': op.set must declare the set's key and flags");
         }
         Set decl = op.set;
         decl.name = op.name;
-        const bool add = op.kind == Op::Kind::add_elements;
-        return encode_elements(op, decl, op.elements, add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, false);
+        std::uint16_t type = kNftMsgDestroySetElem;
+        if (op.kind == Op::Kind::add_elements) type = NFT_MSG_NEWSETELEM;
+        if (op.kind == Op::Kind::delete_elements) type = NFT_MSG_DELSETELEM;
+        return encode_elements(op, decl, op.elements, type, false);
       }
       case Op::Kind::flush_set: {
         auto s = new_set_handle(op.family, op.table, op.name);
@@ -1090,7 +1204,7 @@ class PlanEncoder {
 
   Status encode_elements(const Op& op, const Set& decl, const std::vector<SetElement>& elements, std::uint16_t type,
                          bool leading_zero_end) {
-    const bool del = type == NFT_MSG_DELSETELEM;
+    const bool del = type != NFT_MSG_NEWSETELEM;
     for (std::size_t first = 0; first < elements.size(); first += kElementsPerMessage) {
       std::vector<SetElement> chunk(
           elements.begin() + static_cast<std::ptrdiff_t>(first),
@@ -1100,7 +1214,9 @@ class PlanEncoder {
         return with_context("set " + decl.name, st.error());
       }
       Op shown = op;
-      shown.kind = del ? Op::Kind::delete_elements : Op::Kind::add_elements;
+      shown.kind = type == NFT_MSG_NEWSETELEM   ? Op::Kind::add_elements
+                   : type == NFT_MSG_DELSETELEM ? Op::Kind::delete_elements
+                                                : Op::Kind::destroy_elements;
       shown.name = decl.name;
       shown.set = decl;
       shown.elements = chunk;
@@ -1232,7 +1348,9 @@ Status NftBackend::apply(const Plan& plan) {
   const std::vector<Op>* ops = &plan.ops;
   for (std::size_t i = 0; i < plan.ops.size(); ++i) {
     const Op& op = plan.ops[i];
-    if ((op.kind != Op::Kind::add_elements && op.kind != Op::Kind::delete_elements) || !op.set.key.empty()) continue;
+    const bool element_op = op.kind == Op::Kind::add_elements || op.kind == Op::Kind::delete_elements ||
+                            op.kind == Op::Kind::destroy_elements;
+    if (!element_op || !op.set.key.empty()) continue;
     if (resolved.empty()) resolved = plan.ops;
     auto it = declared.find(key_of(op, op.name));
     if (it == declared.end()) {
@@ -1347,18 +1465,21 @@ Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table,
   decl.dynamic = (flags & NFT_SET_EVAL) != 0;
   decl.verdict_map = (flags & NFT_SET_MAP) != 0 && nftnl_set_is_set(found.get(), NFTNL_SET_DATA_TYPE) &&
                      nftnl_set_get_u32(found.get(), NFTNL_SET_DATA_TYPE) == NFT_DATA_VERDICT;
+  decl.quota_map = (flags & NFT_SET_OBJECT) != 0;
   if ((flags & NFT_SET_MAP) != 0 && !decl.verdict_map) {
     const std::uint32_t data = nftnl_set_get_u32(found.get(), NFTNL_SET_DATA_TYPE);
-    if (data != key_spec(KeyType::classid).type_id) {
+    for (KeyType k : {KeyType::classid, KeyType::mark}) {
+      if (data == key_spec(k).type_id) decl.data_type = k;
+    }
+    if (!decl.data_type) {
       return make_error("map " + name + " has value type id " + std::to_string(data) + ", unknown to this backend");
     }
-    decl.data_type = KeyType::classid;
   }
   // Concatenated type ids are 6 bits each, the first part in the highest bits.
   std::uint32_t type = nftnl_set_get_u32(found.get(), NFTNL_SET_KEY_TYPE);
   std::vector<KeyType> key;
-  const KeyType all[] = {KeyType::ipv4_addr,    KeyType::ipv6_addr, KeyType::inet_proto,
-                         KeyType::inet_service, KeyType::ifname,    KeyType::ether_addr};
+  const KeyType all[] = {KeyType::ipv4_addr, KeyType::ipv6_addr,  KeyType::inet_proto, KeyType::inet_service,
+                         KeyType::ifname,    KeyType::ether_addr, KeyType::mark,       KeyType::nd_target};
   while (type != 0) {
     const std::uint32_t id = type & ((1U << kTypeBits) - 1U);
     auto it = std::find_if(std::begin(all), std::end(all), [id](KeyType k) { return key_spec(k).type_id == id; });

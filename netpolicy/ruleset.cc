@@ -1,5 +1,6 @@
 #include "netpolicy/ruleset.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -412,6 +413,15 @@ struct StatementText {
     for (std::size_t i = 0; i < p.fields.size(); ++i) key += (i > 0 ? " . " : "") + selector(p.fields[i]);
     return "meta priority set " + key + " map @" + p.map;
   }
+  std::string operator()(const CtMarkMap& c) const {
+    return "ct mark set " + concat_selector(c.fields) + " map @" + c.map;
+  }
+  std::string operator()(const QuotaMap& q) const {
+    return "quota name " + concat_selector(q.fields) + " map @" + q.map;
+  }
+  std::string operator()(const CountUpdate& u) const {
+    return "update @" + u.set + " { " + selector(u.key) + " . \"" + nft_string(u.tag, 15) + "\" counter }";
+  }
 };
 
 const char* key_type_name(KeyType k) {
@@ -423,6 +433,8 @@ const char* key_type_name(KeyType k) {
     case KeyType::ifname: return "ifname";
     case KeyType::ether_addr: return "ether_addr";
     case KeyType::classid: return "classid";
+    case KeyType::mark: return "mark";
+    case KeyType::nd_target: return "integer";
   }
   return "?";
 }
@@ -434,6 +446,7 @@ std::string data_text(KeyType k, const Bytes& v) {
     std::memcpy(&x, v.data(), 4);
     return tc_handle_text(x);
   }
+  if (k == KeyType::mark) return value_text(Field::meta_mark, v);
   return hex_bytes(v);
 }
 
@@ -445,7 +458,9 @@ Field key_field(KeyType k) {
     case KeyType::inet_service: return Field::th_dport;
     case KeyType::ifname: return Field::iifname;
     case KeyType::ether_addr: return Field::ether_saddr;
-    case KeyType::classid: return Field::meta_mark;
+    case KeyType::classid:
+    case KeyType::mark: return Field::meta_mark;
+    case KeyType::nd_target: return Field::icmpv6_nd_target;
   }
   return Field::ip_daddr;
 }
@@ -503,6 +518,7 @@ std::string element_text(const std::vector<KeyType>& key, const SetElement& e,
   if (!e.comment.empty()) s += " comment \"" + nft_string(e.comment, 127) + "\"";
   if (!e.verdict_chain.empty()) s += " : goto " + e.verdict_chain;
   if (!e.data.empty()) s += " : " + data_text(data_type.value_or(KeyType::classid), e.data);
+  if (!e.object.empty()) s += " : \"" + nft_string(e.object, 63) + "\"";
   return s;
 }
 
@@ -537,13 +553,17 @@ std::string base_chain_text(const BaseHook& b) {
 // The lines inside "set NAME { ... }", without the elements.
 std::vector<std::string> set_decl_lines(const Set& s) {
   std::vector<std::string> lines;
-  std::string type = "type ";
+  const bool by_typeof = std::find(s.key.begin(), s.key.end(), KeyType::nd_target) != s.key.end();
+  std::string type = by_typeof ? "typeof " : "type ";
   for (std::size_t i = 0; i < s.key.size(); ++i) {
     if (i > 0) type += " . ";
-    type += key_type_name(s.key[i]);
+    // typeof: the expression each part is read by (only interface names go
+    // with an ND target).
+    type += by_typeof ? selector(key_field(s.key[i])) : key_type_name(s.key[i]);
   }
   if (s.verdict_map) type += " : verdict";
   if (s.data_type) type += std::string(" : ") + key_type_name(*s.data_type);
+  if (s.quota_map) type += " : quota";
   lines.push_back(type);
   if (s.size != 0) lines.push_back("size " + std::to_string(s.size));
   std::string flags;
@@ -566,7 +586,7 @@ std::string quota_body(const QuotaObject& q) {
   return s;
 }
 
-std::string set_keyword(const Set& s) { return s.verdict_map || s.data_type ? "map" : "set"; }
+std::string set_keyword(const Set& s) { return s.verdict_map || s.data_type || s.quota_map ? "map" : "set"; }
 
 std::string one_line_set(const Set& s) {
   std::string body;
@@ -652,12 +672,14 @@ std::string to_nft_text(const Plan& p) {
                "\n";
         }
         break;
-      case Op::Kind::delete_elements: {
+      case Op::Kind::delete_elements:
+      case Op::Kind::destroy_elements: {
         // Deleting takes only the keys.
         std::vector<SetElement> keys;
-        for (const auto& e : op.elements) keys.push_back(SetElement{e.key, {}, {}, std::nullopt, {}});
+        for (const auto& e : op.elements) keys.push_back(SetElement{e.key, {}, {}, std::nullopt, {}, {}});
+        const char* verb = op.kind == Op::Kind::delete_elements ? "delete" : "destroy";
         if (!keys.empty())
-          s += "delete element " + where + " " + op.name + " " + elements_text(op.set.key, keys) + "\n";
+          s += std::string(verb) + " element " + where + " " + op.name + " " + elements_text(op.set.key, keys) + "\n";
         break;
       }
       case Op::Kind::flush_set: s += "flush set " + where + " " + op.name + "\n"; break;
@@ -701,16 +723,17 @@ Plan plan_replace(const Ruleset& rs) {
       op.chain.base = c.base;
       p.ops.push_back(std::move(op));
     }
-    for (const auto& s : t.sets) {
-      Op op = op_for(Op::Kind::add_set);
-      op.name = s.name;
-      op.set = s;
-      p.ops.push_back(std::move(op));
-    }
+    // Quotas before sets: a quota map's elements name them.
     for (const auto& q : t.quotas) {
       Op op = op_for(Op::Kind::add_quota);
       op.name = q.name;
       op.quota = q;
+      p.ops.push_back(std::move(op));
+    }
+    for (const auto& s : t.sets) {
+      Op op = op_for(Op::Kind::add_set);
+      op.name = s.name;
+      op.set = s;
       p.ops.push_back(std::move(op));
     }
     for (const auto& c : t.chains) {

@@ -151,8 +151,29 @@ struct Verdict {
   enum class Kind : std::uint8_t { accept, drop, jump, go_to, ret } kind = Kind::accept;
   std::string chain;  // jump / goto
 };
+// `ct mark set <fields> map @map`: the mark the key maps to; no element ends
+// the rule.
+struct CtMarkMap {
+  std::vector<Field> fields;
+  std::string map;
+};
+// `quota name <fields> map @map`: the named quota the key maps to; matches
+// once that quota is used up. No element (no quota) ends the rule.
+struct QuotaMap {
+  std::vector<Field> fields;
+  std::string map;
+};
+// `update @set { <key> . "<tag>" counter }`: counts the packet in the
+// element of a dynamic set keyed by an interface name and a fixed tag (a
+// per-VM, per-reason drop counter in one shared set). A full set stops
+// counting and nothing else: keep it in a rule of its own before the verdict.
+struct CountUpdate {
+  std::string set;
+  Field key = Field::iifname;  // iifname or oifname
+  std::string tag;             // at most 15 bytes (an ifname-sized key part)
+};
 using Statement = std::variant<Counter, Log, Limit, QuotaRef, CtMarkSet, PrioritySet, MeterUpdate, Verdict, MarkSet,
-                               MssSet, Masquerade, PriorityMap>;
+                               MssSet, Masquerade, PriorityMap, CtMarkMap, QuotaMap, CountUpdate>;
 
 struct Rule {
   std::vector<Match> matches;
@@ -174,8 +195,21 @@ struct Chain {
   std::vector<Rule> rules;
 };
 
-// classid: only as the value type of a map (a tc class, host byte order).
-enum class KeyType : std::uint8_t { ipv4_addr, ipv6_addr, inet_proto, inet_service, ifname, ether_addr, classid };
+// classid, mark: map values (a tc class, a ct/packet mark; host byte order);
+// mark is also a key part (`meta mark`). nd_target: the 16 raw bytes of an
+// ICMPv6 neighbour message's target (`@th,64,128`, untyped to nft); a set
+// with it is declared by `typeof`, as nft 1.0.6 has no name for that field.
+enum class KeyType : std::uint8_t {
+  ipv4_addr,
+  ipv6_addr,
+  inet_proto,
+  inet_service,
+  ifname,
+  ether_addr,
+  classid,
+  mark,
+  nd_target
+};
 
 struct SetElement {
   // One part per key type. A part is a single value or an inclusive range
@@ -189,6 +223,7 @@ struct SetElement {
   Bytes data;                               // maps of values: the value (data_type's width)
   std::optional<std::uint64_t> timeout_ms;  // per-element timeout (kernel removes it)
   std::string comment;
+  std::string object;  // maps of quota objects: the quota's name
 };
 
 struct Set {
@@ -198,7 +233,8 @@ struct Set {
   bool timeout = false;              // elements may carry timeouts
   bool dynamic = false;              // updated from the packet path (meters)
   bool verdict_map = false;          // a map of key -> verdict (goto chain)
-  std::optional<KeyType> data_type;  // a map of key -> value of this type (classid)
+  std::optional<KeyType> data_type;  // a map of key -> value of this type (classid, mark)
+  bool quota_map = false;            // a map of key -> named quota object
   std::uint32_t size = 0;            // dynamic sets: maximum number of elements
   // Default element timeout. Meters need one: a full dynamic set stops
   // adding elements, and a meter that cannot add its element never fires.
@@ -233,6 +269,7 @@ struct Op {
     delete_set,
     add_elements,  // set name + elements
     delete_elements,
+    destroy_elements,  // like delete_elements, but elements already gone are no error
     flush_set,
     add_quota,
     delete_quota,

@@ -106,13 +106,16 @@ void Enforcer::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
   auto it = installed_.find(vm.name);
   if (it == installed_.end()) return;
   netpolicy::Compiler compiler(*policy_, opt_);
-  if (auto st = apply(compiler.plan_remove_vm(it->second)); !st) {
+  // Its holes' elements go with it (the shared hole maps are keyed by its
+  // interface): the store still lists them, the authcert service closes
+  // them after this observer.
+  if (auto st = apply(compiler.plan_remove_vm(it->second, holes_of(vm.id))); !st) {
     // The VM is gone, its tap too; whatever is left is unreachable, and the
     // next full install cleans it. Say so rather than fail the release.
     log::error("nftables: could not remove rules of " + vm.name + ": " + st.error().describe());
   }
-  // Its entries in the meters shared by all VMs (keyed by its interface
-  // first): they would time out within a minute; a release leaves nothing.
+  // Its entries in the dynamic sets shared by all VMs (meters, SYN rate,
+  // drop counters; keyed by its interface first): a release leaves nothing.
   for (const auto& meter : netpolicy::Compiler::meter_sets()) {
     auto purged =
         backend_.purge_elements(netpolicy::TableFamily::inet, opt_.table, meter, netpolicy::ifname_bytes(vm.name));

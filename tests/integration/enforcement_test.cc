@@ -277,7 +277,7 @@ TEST_F(EnforcementTest, FlushRulesetIsRepairedAtOnce) {
   bool back = false;
   for (int i = 0; i < 50 && !back; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    back = t.nft_list().find("chain vm_" + vm + "_out") != std::string::npos;
+    back = t.nft_list().find("\"" + vm + "\" comment \"VM") != std::string::npos;
   }
   EXPECT_TRUE(back) << "the daemon did not put its table back";
   EXPECT_NE(t.daemon().log().find("reinstalling"), std::string::npos);
@@ -290,7 +290,7 @@ TEST_F(EnforcementTest, FlushRulesetIsRepairedAtOnce) {
   back = false;
   for (int i = 0; i < 50 && !back; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    back = t.nft_list().find("chain vm_" + vm + "_out") != std::string::npos;
+    back = t.nft_list().find("\"" + vm + "\" comment \"VM") != std::string::npos;
   }
   EXPECT_TRUE(back);
 }
@@ -379,8 +379,12 @@ TEST_F(EnforcementTest, RulesShowPrintsTheVmsRules) {
   std::string vm = allocate(semi_key_);
   auto r = topo_->ctl({"rules", "show", vm});
   EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("chain vm_" + vm + "_out"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("semi-trusted tcp allowlist"), std::string::npos);
+  // The chains its packets go through, and its own elements.
+  EXPECT_NE(r.out.find("chain vm_out"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chain semi_out"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("chain untrusted_out"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("semi-trusted: tcp allowlist"), std::string::npos);
+  EXPECT_NE(r.out.find("\"" + vm + "\" . 52:54:00:"), std::string::npos) << r.out;
   // Another client cannot see them.
   auto other = topo_->ctl({"rules", "show", vm}, untrusted_key_, 65534);
   EXPECT_EQ(other.code, 4);
@@ -414,7 +418,9 @@ TEST_F(EnforcementTest, PolicyReloadReclassifiesAtomicallyOrNotAtAll) {
 TEST_F(EnforcementTest, ReleaseRemovesEveryRuleOfTheVm) {
   std::string vm = allocate(untrusted_key_);
   auto& t = *topo_;
-  ASSERT_NE(t.nft_list().find("vm_" + vm + "_out"), std::string::npos);
+  // Something in the meters and the drop counters, too.
+  EXPECT_FALSE(t.ping(vm, t.internet.v4));
+  ASSERT_NE(t.nft_list().find("\"" + vm + "\" . \"not-allowed\" counter"), std::string::npos);
   ASSERT_EQ(t.ctl({"release", vm}).code, 0);
   std::string after = t.nft_list();
   EXPECT_EQ(after.find("vm_" + vm), std::string::npos) << after;

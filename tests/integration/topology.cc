@@ -194,15 +194,27 @@ void Topology::reset_sensors() const {
 std::string Topology::nft_list() const { return in_ns(host_->name(), {"nft", "list", "ruleset"}).out; }
 
 std::uint64_t Topology::drop_counter(const std::string& prefix) const {
-  // Sum the counters of every rule whose log prefix starts with `prefix`.
+  // "sg3 reserved": that VM's count in the shared drop counter set
+  // (`"sg3" . "reserved" counter packets N ...`); "sg? no-chain": the
+  // counters of the shared rules logging with that prefix.
   std::string text = nft_list();
-  std::uint64_t total = 0;
-  std::string escaped;
-  for (char c : prefix) {
-    if (std::string("\\^$.|?*+()[]{}").find(c) != std::string::npos) escaped += '\\';
-    escaped += c;
+  auto escape = [](const std::string& in) {
+    std::string out;
+    for (char c : in) {
+      if (std::string("\\^$.|?*+()[]{}").find(c) != std::string::npos) out += '\\';
+      out += c;
+    }
+    return out;
+  };
+  std::regex re;
+  const auto space = prefix.find(' ');
+  if (prefix.rfind("sg?", 0) == 0 || space == std::string::npos) {
+    re = std::regex("counter packets ([0-9]+) bytes [0-9]+ log (?:group [0-9]+ )?prefix \"" + escape(prefix));
+  } else {
+    re = std::regex("\"" + escape(prefix.substr(0, space)) + "\" \\. \"" + escape(prefix.substr(space + 1)) +
+                    "\" counter packets ([0-9]+)");
   }
-  std::regex re("counter packets ([0-9]+) bytes [0-9]+ log prefix \"" + escaped);
+  std::uint64_t total = 0;
   for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it) {
     total += std::stoull((*it)[1]);
   }

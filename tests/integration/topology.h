@@ -55,7 +55,8 @@ class Topology {
   // Bytes (IP length) that arrived from the VM pool since the last reset.
   std::uint64_t sensor_bytes(const std::string& ns) const;
   void reset_sensors() const;
-  // Drops counted by the daemon's rules for one VM and reason (nflog prefix).
+  // Drops counted for one VM and reason ("sg3 reserved", from the shared
+  // drop counter set), or by the shared rules logging "sg? no-chain ".
   std::uint64_t drop_counter(const std::string& comment_part) const;
   std::string nft_list() const;
 

@@ -15,10 +15,12 @@
 #include <thread>
 
 #include "common/raii/fd.h"
+#include "netpolicy/compile.h"
 #include "netpolicy/nft_monitor.h"
 #include "netpolicy/ruleset.h"
 #include "tests/integration/harness.h"
 #include "tests/unit/netpolicy/sample_ruleset.h"
+#include "trust/parse.h"
 
 namespace sg::netpolicy {
 namespace {
@@ -124,6 +126,84 @@ TEST_F(NftBackendTest, KernelStateEqualsWhatNftMakesOfTheText) {
     EXPECT_FALSE(want.empty());
     EXPECT_EQ(list(ours, family, "surrogated"), want) << family;
     EXPECT_EQ(list_netlink(ours, family, "surrogated"), list_netlink(theirs, family, "surrogated")) << family;
+  }
+}
+
+// What a restart does: the compiled table, VMs and holes in it, replaced by
+// itself in one transaction; then one VM removed and added back by plans.
+TEST_F(NftBackendTest, CompiledTableReplacesItselfAndVmsComeAndGo) {
+  Netns ns(ns_prefix() + "compiled");
+  auto policy = trust::parse_policy("[levels.untrusted]\ndaily_quota = \"1GB\"\n", "p.toml");
+  ASSERT_TRUE(policy.ok()) << policy.error().message;
+  Compiler c(*policy, CompileOptions{});
+  std::vector<VmNet> vms;
+  for (int id = 1; id <= 3; ++id) {
+    VmNet v;
+    v.id = id;
+    v.name = "sg" + std::to_string(id);
+    v.mac = "52:54:00:00:00:0" + std::to_string(id);
+    v.v4 = *IpAddress::parse("198.51.100." + std::to_string(id * 4 + 2));
+    v.gateway4 = *IpAddress::parse("198.51.100." + std::to_string(id * 4 + 1));
+    v.v6 = *IpAddress::parse("2001:db8:5:" + std::to_string(id) + "::2");
+    v.gateway6 = *IpAddress::parse("2001:db8:5:" + std::to_string(id) + "::1");
+    v.level = id == 2 ? trust::TrustLevel::semi_trusted : trust::TrustLevel::untrusted;
+    v.client = {*Prefix::parse("192.0.2.77"), *Prefix::parse("2001:db8:77::/48")};
+    vms.push_back(v);
+  }
+  std::vector<Hole> holes = {
+      {7, "sg1", *Prefix::parse("203.0.113.9"), 6, trust::PortRange{443, 443}, 1790003600},
+      {8, "sg1", *Prefix::parse("203.0.113.0/28"), 17, trust::PortRange{5000, 5010}, 0},
+  };
+  const Plan replace = plan_replace(c.compile(vms, holes, 1790000000));
+  auto st = apply_in(ns, replace);
+  ASSERT_TRUE(st.ok()) << st.error().describe();
+  const std::string first = list(ns, "inet", "surrogated");
+  st = apply_in(ns, replace);
+  ASSERT_TRUE(st.ok()) << st.error().describe();
+  EXPECT_EQ(list(ns, "inet", "surrogated"), first);
+  // A VM goes (its holes with it, one of them already gone) and comes back.
+  ASSERT_TRUE(apply_in(ns, c.plan_remove_hole(vms[0], holes[0], 1790000000)).ok());
+  st = apply_in(ns, c.plan_remove_vm(vms[0], holes));
+  ASSERT_TRUE(st.ok()) << st.error().describe();
+  std::string gone = list(ns, "inet", "surrogated");
+  EXPECT_EQ(gone.find("\"sg1\""), std::string::npos) << gone;
+  EXPECT_EQ(gone.find("vm_sg1_quota"), std::string::npos) << gone;
+  st = apply_in(ns, c.plan_add_vm(vms[0], holes, 1790000000));
+  ASSERT_TRUE(st.ok()) << st.error().describe();
+  const std::string back = list(ns, "inet", "surrogated");
+  for (const char* part : {"\"sg1\" . 52:54:00:00:00:01", "quota vm_sg1_quota", "\"sg1\" : \"vm_sg1_quota\"",
+                           "\"sg1\" . 203.0.113.0/28 . udp . 5000-5010", "\"sg1\" comment \"VM 1, untrusted\""}) {
+    EXPECT_NE(back.find(part), std::string::npos) << part;
+  }
+}
+
+// A batch is built in 64 KiB pages; a message that does not fit is moved to
+// the next page. Whatever the size, the batch's last message must carry the
+// ack request, or a batch the kernel committed reads as unanswered.
+TEST_F(NftBackendTest, EveryBatchSizeIsAcknowledged) {
+  Netns ns(ns_prefix() + "pages");
+  EnterNetns enter(ns.name());
+  ASSERT_TRUE(enter.ok());
+  auto backend = NftBackend::open();
+  ASSERT_TRUE(backend.ok()) << backend.error().describe();
+  for (int n = 600; n < 1000; ++n) {
+    Plan plan;
+    for (Op::Kind k : {Op::Kind::add_table, Op::Kind::delete_table, Op::Kind::add_table}) {
+      Op o;
+      o.kind = k;
+      o.table = "pages";
+      plan.ops.push_back(o);
+    }
+    for (int i = 0; i < n; ++i) {
+      Op q;
+      q.kind = Op::Kind::add_quota;
+      q.table = "pages";
+      q.quota = QuotaObject{"q" + std::to_string(i), 1000U + static_cast<std::uint64_t>(i), 0};
+      q.name = q.quota.name;
+      plan.ops.push_back(q);
+    }
+    auto st = backend->apply(plan);
+    ASSERT_TRUE(st.ok()) << n << " quotas: " << st.error().describe();
   }
 }
 

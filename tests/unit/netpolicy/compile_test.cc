@@ -88,31 +88,95 @@ TEST(Compiler, GoldenRuleset) {
   EXPECT_EQ(text, golden.str()) << "rerun with SG_REGENERATE_GOLDEN=1 and review the diff";
 }
 
-TEST(Compiler, EveryVmChainEndsWithAVerdictAndEveryDropIsLoggedWithVmAndReason) {
+std::string goto_target(const Rule& r) {
+  if (r.statements.empty()) return "";
+  const auto* v = std::get_if<Verdict>(&r.statements.back());
+  return v != nullptr && v->kind == Verdict::Kind::go_to ? v->chain : "";
+}
+
+bool elements_name(const Set& s, const std::string& ifname) {
+  for (const auto& e : s.elements) {
+    if (!e.key.empty() && e.key[0].value == ifname_bytes(ifname)) return true;
+  }
+  return false;
+}
+
+TEST(Compiler, EveryChainEndsWithAVerdictAndEveryDropIsCountedPerVmAndLogged) {
   auto policy = test_policy();
   Compiler c(policy, CompileOptions{});
-  for (auto level : trust::kAllLevels) {
-    auto rs = c.compile({vm(4, level)}, {}, kNow);
-    for (const char* suffix : {"_out", "_in", "_host"}) {
-      const Chain* ch = find_chain(rs, std::string("vm_sg4") + suffix);
-      ASSERT_NE(ch, nullptr);
-      ASSERT_FALSE(ch->rules.empty());
-      const Rule& last = ch->rules.back();
-      EXPECT_TRUE(is_drop(last) || is_accept(last)) << suffix;
-      EXPECT_TRUE(last.matches.empty()) << "the last rule must catch everything: " << suffix;
-      for (const auto& r : ch->rules) {
-        if (!is_drop(r)) continue;
-        bool logged = false;
-        for (const auto& s : r.statements) {
-          if (const auto* l = std::get_if<Log>(&s)) {
-            logged = l->prefix.rfind("sg4 ", 0) == 0 && l->prefix.size() > 4;
-          }
-        }
-        EXPECT_TRUE(logged) << r.comment;
-        EXPECT_EQ(r.comment.rfind("sg4: ", 0), 0U) << r.comment;
-      }
+  auto rs = c.compile({vm(4, trust::TrustLevel::untrusted)}, {}, kNow);
+  for (const char* name : {"vm_out", "untrusted_out", "semi_out", "trusted_out", "vm_in", "vm_host"}) {
+    const Chain* ch = find_chain(rs, name);
+    ASSERT_NE(ch, nullptr) << name;
+    ASSERT_FALSE(ch->rules.empty());
+    const Rule& last = ch->rules.back();
+    EXPECT_TRUE(is_drop(last) || is_accept(last) || !goto_target(last).empty()) << name;
+    EXPECT_TRUE(last.matches.empty()) << "the last rule must catch everything: " << name;
+    for (const auto& r : ch->rules) {
+      EXPECT_FALSE(is_drop(r)) << name << ": drops go through a drop chain: " << r.comment;
+      const std::string target = goto_target(r);
+      if (target.empty()) continue;
+      EXPECT_NE(find_chain(rs, target), nullptr) << name << " goes to a missing chain " << target;
     }
   }
+  // Each drop chain counts the packet for the VM it belongs to (a rule of
+  // its own, so a full counter set cannot skip the drop), then logs with
+  // its reason and drops whatever comes.
+  int drop_chains = 0;
+  for (const auto& ch : rs.tables[0].chains) {
+    if (ch.name.rfind("drop_", 0) != 0) continue;
+    ++drop_chains;
+    ASSERT_EQ(ch.rules.size(), 2U) << ch.name;
+    const auto* count = std::get_if<CountUpdate>(&ch.rules[0].statements.at(0));
+    ASSERT_NE(count, nullptr) << ch.name;
+    EXPECT_EQ(count->set, "drops");
+    EXPECT_EQ(Compiler::drop_chain(count->tag), ch.name);
+    EXPECT_EQ(count->key, count->tag == "inbound" ? Field::oifname : Field::iifname);
+    EXPECT_TRUE(is_drop(ch.rules[1]));
+    EXPECT_TRUE(ch.rules[1].matches.empty());
+    bool logged = false;
+    for (const auto& st : ch.rules[1].statements) {
+      if (const auto* l = std::get_if<Log>(&st)) logged = l->prefix == "sg? " + count->tag + " ";
+    }
+    EXPECT_TRUE(logged) << ch.name;
+  }
+  EXPECT_GE(drop_chains, 15);
+}
+
+TEST(Compiler, AVmIsElementsOnlyNoRuleOfItsOwn) {
+  // What makes adding or removing a VM cost the same at any scale: the
+  // chains are the same with 1 VM or 3, only the sets' elements differ.
+  auto policy = test_policy();
+  Compiler c(policy, CompileOptions{});
+  auto one = c.compile({vm(1, trust::TrustLevel::untrusted)}, {}, kNow);
+  auto three = c.compile(
+      {vm(1, trust::TrustLevel::untrusted), vm(2, trust::TrustLevel::semi_trusted), vm(3, trust::TrustLevel::trusted)},
+      {}, kNow);
+  ASSERT_EQ(one.tables[0].chains.size(), three.tables[0].chains.size());
+  for (std::size_t i = 0; i < one.tables[0].chains.size(); ++i) {
+    EXPECT_EQ(to_nft_text(one.tables[0].chains[i]), to_nft_text(three.tables[0].chains[i]));
+  }
+  auto plan = c.plan_add_vm(vm(9, trust::TrustLevel::semi_trusted), {}, kNow);
+  for (const auto& op : plan.ops) {
+    EXPECT_TRUE(op.kind == Op::Kind::add_elements || op.kind == Op::Kind::add_quota) << to_nft_text(plan);
+    if (op.kind == Op::Kind::add_elements) {
+      EXPECT_FALSE(op.set.key.empty()) << op.name << ": the op must carry the set's layout";
+    }
+  }
+  // Its identity, in the sets the chains look up.
+  EXPECT_TRUE(elements_name(*find_set(three, "vm_mac"), "sg2"));
+  EXPECT_TRUE(elements_name(*find_set(three, "vm_addr_v4"), "sg2"));
+  EXPECT_TRUE(elements_name(*find_set(three, "vm_client_v4"), "sg2"));
+  EXPECT_TRUE(elements_name(*find_set(three, "level_semi"), "sg2"));
+  EXPECT_FALSE(elements_name(*find_set(three, "level_semi"), "sg1"));
+  EXPECT_TRUE(elements_name(*find_set(three, "level_trusted"), "sg3"));
+  EXPECT_TRUE(elements_name(*find_set(three, "vm_quota"), "sg1"));
+  const Set* mark = find_set(three, "vm_mark");
+  ASSERT_EQ(mark->elements.size(), 3U);
+  EXPECT_EQ(mark->elements[1].data, host32_bytes(2));
+  const Set* syn = find_set(three, "vm_mark_synonly");
+  ASSERT_EQ(syn->elements.size(), 1U);
+  EXPECT_EQ(syn->elements[0].data, host32_bytes(2U | kSynOnlyMark));
 }
 
 TEST(Compiler, LevelsEndAsTheyShould) {
@@ -121,10 +185,18 @@ TEST(Compiler, LevelsEndAsTheyShould) {
   auto rs = c.compile(
       {vm(1, trust::TrustLevel::untrusted), vm(2, trust::TrustLevel::semi_trusted), vm(3, trust::TrustLevel::trusted)},
       {}, kNow);
-  EXPECT_TRUE(is_drop(find_chain(rs, "vm_sg1_out")->rules.back()));
-  EXPECT_TRUE(is_drop(find_chain(rs, "vm_sg2_out")->rules.back()));
-  EXPECT_TRUE(is_accept(find_chain(rs, "vm_sg3_out")->rules.back()));
-  // Only the semi-trusted VM consults the allowlists.
+  EXPECT_EQ(goto_target(find_chain(rs, "untrusted_out")->rules.back()), "drop_not_allowed");
+  EXPECT_EQ(goto_target(find_chain(rs, "semi_out")->rules.back()), "drop_not_allowed");
+  EXPECT_TRUE(is_accept(find_chain(rs, "trusted_out")->rules.back()));
+  // vm_out picks the level chain by the level sets, untrusted by default.
+  const auto& out = find_chain(rs, "vm_out")->rules;
+  ASSERT_GE(out.size(), 3U);
+  EXPECT_EQ(out[out.size() - 3].matches.at(0).set, "level_trusted");
+  EXPECT_EQ(goto_target(out[out.size() - 3]), "trusted_out");
+  EXPECT_EQ(out[out.size() - 2].matches.at(0).set, "level_semi");
+  EXPECT_EQ(goto_target(out[out.size() - 2]), "semi_out");
+  EXPECT_EQ(goto_target(out.back()), "untrusted_out");
+  // Only the semi-trusted chain consults the allowlists.
   auto uses = [&](const char* chain, const char* set) {
     for (const auto& r : find_chain(rs, chain)->rules) {
       for (const auto& m : r.matches) {
@@ -133,24 +205,23 @@ TEST(Compiler, LevelsEndAsTheyShould) {
     }
     return false;
   };
-  EXPECT_TRUE(uses("vm_sg2_out", "semi_tcp_v4"));
-  EXPECT_FALSE(uses("vm_sg1_out", "semi_tcp_v4"));
-  EXPECT_FALSE(uses("vm_sg3_out", "semi_tcp_v4"));
-  // Guardrails hold for every level, before anything accepts.
-  for (const char* chain : {"vm_sg1_out", "vm_sg2_out", "vm_sg3_out"}) {
-    EXPECT_TRUE(uses(chain, "reserved_v4")) << chain;
-    EXPECT_TRUE(uses(chain, "reserved_v6")) << chain;
-    EXPECT_TRUE(uses(chain, "block_v6")) << chain;
-    EXPECT_TRUE(uses(chain, "closed_ports")) << chain;
-    bool seen_accept = false;
-    for (const auto& r : find_chain(rs, chain)->rules) {
-      bool guard = false;
-      for (const auto& m : r.matches) guard = guard || m.set == "reserved_v4" || m.set == "closed_ports";
-      if (guard) {
-        EXPECT_FALSE(seen_accept) << chain << ": a guardrail after an accept";
-      }
-      seen_accept = seen_accept || is_accept(r);
+  EXPECT_TRUE(uses("semi_out", "semi_tcp_v4"));
+  EXPECT_FALSE(uses("untrusted_out", "semi_tcp_v4"));
+  EXPECT_FALSE(uses("trusted_out", "semi_tcp_v4"));
+  // Guardrails hold for every level: in vm_out, before anything accepts or
+  // goes on to a level chain.
+  EXPECT_TRUE(uses("vm_out", "reserved_v4"));
+  EXPECT_TRUE(uses("vm_out", "reserved_v6"));
+  EXPECT_TRUE(uses("vm_out", "block_v6"));
+  EXPECT_TRUE(uses("vm_out", "closed_ports"));
+  bool seen_accept = false;
+  for (const auto& r : out) {
+    bool guard = false;
+    for (const auto& m : r.matches) guard = guard || m.set == "reserved_v4" || m.set == "closed_ports";
+    if (guard) {
+      EXPECT_FALSE(seen_accept) << "a guardrail after an accept";
     }
+    seen_accept = seen_accept || is_accept(r) || goto_target(r).find("_out") != std::string::npos;
   }
 }
 
@@ -178,41 +249,64 @@ TEST(Compiler, SharedSetsCarryThePolicy) {
 TEST(Compiler, HoleBecomesATimedElementOfItsVm) {
   auto policy = test_policy();
   Compiler c(policy, CompileOptions{});
+  // A prefix and a port range: the interval map.
   Hole h{9, "sg1", *Prefix::parse("203.0.113.0/28"), IPPROTO_UDP, trust::PortRange{5000, 5010}, kNow + 90};
   auto plan = c.plan_add_hole(vm(1, trust::TrustLevel::untrusted), h, kNow);
   ASSERT_EQ(plan.ops.size(), 1U);
   EXPECT_EQ(plan.ops[0].kind, Op::Kind::add_elements);
-  EXPECT_EQ(plan.ops[0].name, "vm_sg1_holes_v4");
+  EXPECT_EQ(plan.ops[0].name, "holes_v4_range");
+  EXPECT_TRUE(plan.ops[0].set.interval);
   ASSERT_EQ(plan.ops[0].elements.size(), 1U);
   const auto& e = plan.ops[0].elements[0];
   EXPECT_EQ(e.timeout_ms, 90000U);
-  ASSERT_EQ(e.key.size(), 3U);
-  EXPECT_EQ(e.key[1].value, u8_bytes(IPPROTO_UDP));
-  EXPECT_EQ(e.key[2].value, be16_bytes(5000));
-  EXPECT_EQ(e.key[2].value_hi, be16_bytes(5010));
+  ASSERT_EQ(e.key.size(), 4U);
+  EXPECT_EQ(e.key[0].value, ifname_bytes("sg1"));
+  EXPECT_EQ(e.key[1].value_hi, address_bytes(*IpAddress::parse("203.0.113.15")));
+  EXPECT_EQ(e.key[2].value, u8_bytes(IPPROTO_UDP));
+  EXPECT_EQ(e.key[3].value, be16_bytes(5000));
+  EXPECT_EQ(e.key[3].value_hi, be16_bytes(5010));
   auto rm = c.plan_remove_hole(vm(1, trust::TrustLevel::untrusted), h, kNow);
   ASSERT_EQ(rm.ops.size(), 1U);
   EXPECT_EQ(rm.ops[0].kind, Op::Kind::delete_elements);
+  // One address, one protocol, one port: the hash map, no range anywhere.
+  Hole exact{10, "sg1", *Prefix::parse("203.0.113.9"), IPPROTO_TCP, trust::PortRange{443, 443}, 0};
+  auto plan2 = c.plan_add_hole(vm(1, trust::TrustLevel::untrusted), exact, kNow);
+  ASSERT_EQ(plan2.ops.size(), 1U);
+  EXPECT_EQ(plan2.ops[0].name, "holes_v4");
+  EXPECT_FALSE(plan2.ops[0].set.interval);
+  for (const auto& part : plan2.ops[0].elements.at(0).key) EXPECT_TRUE(part.value_hi.empty());
+  EXPECT_FALSE(plan2.ops[0].elements[0].timeout_ms.has_value());
+  // Any protocol: every protocol and port.
+  Hole any{11, "sg1", *Prefix::parse("2001:db8:9::1"), 0, trust::PortRange{0, 0}, 0};
+  auto plan3 = c.plan_add_hole(vm(1, trust::TrustLevel::untrusted), any, kNow);
+  ASSERT_EQ(plan3.ops.size(), 1U);
+  EXPECT_EQ(plan3.ops[0].name, "holes_v6_range");
+  EXPECT_EQ(plan3.ops[0].elements.at(0).key[2].value_hi, u8_bytes(255));
 }
 
-TEST(Compiler, AddVmDispatchesLastRemoveVmUndispatchesFirst) {
+TEST(Compiler, AddVmJoinsVmsLastRemoveVmLeavesItFirst) {
   auto policy = test_policy();
   Compiler c(policy, CompileOptions{});
   auto v = vm(5, trust::TrustLevel::untrusted);
-  auto add = c.plan_add_vm(v, {}, kNow);
+  Hole h{12, "sg5", *Prefix::parse("203.0.113.9"), IPPROTO_TCP, trust::PortRange{443, 443}, kNow + 60};
+  auto add = c.plan_add_vm(v, {h}, kNow);
   ASSERT_FALSE(add.ops.empty());
-  std::size_t last_chain = 0, first_dispatch = add.ops.size();
-  for (std::size_t i = 0; i < add.ops.size(); ++i) {
-    if (add.ops[i].kind == Op::Kind::add_chain) last_chain = i;
-    if (add.ops[i].kind == Op::Kind::add_elements && add.ops[i].name != "arp_ok") {
-      first_dispatch = std::min(first_dispatch, i);
-    }
-  }
-  EXPECT_LT(last_chain, first_dispatch);
-  auto rm = c.plan_remove_vm(v);
+  EXPECT_EQ(add.ops.back().name, "vms");
+  for (std::size_t i = 0; i + 1 < add.ops.size(); ++i) EXPECT_NE(add.ops[i].name, "vms");
+  // The quota object exists before the map element that names it.
+  EXPECT_EQ(add.ops[0].kind, Op::Kind::add_quota);
+  auto rm = c.plan_remove_vm(v, {h});
   ASSERT_FALSE(rm.ops.empty());
   EXPECT_EQ(rm.ops[0].kind, Op::Kind::delete_elements);
-  EXPECT_EQ(rm.ops[0].name, "from_vm");
+  EXPECT_EQ(rm.ops[0].name, "vms");
+  // Its holes go too, without failing on those the kernel already expired;
+  // the quota goes after the element that names it.
+  bool holes_destroyed = false;
+  for (const auto& op : rm.ops) {
+    if (op.name == "holes_v4") holes_destroyed = op.kind == Op::Kind::destroy_elements;
+  }
+  EXPECT_TRUE(holes_destroyed) << to_nft_text(rm);
+  EXPECT_EQ(rm.ops.back().kind, Op::Kind::delete_quota);
 }
 
 TEST(Compiler, OwnerIpv4OnlyDropsIpv6OfEveryVm) {
@@ -220,9 +314,12 @@ TEST(Compiler, OwnerIpv4OnlyDropsIpv6OfEveryVm) {
   ASSERT_TRUE(p.ok()) << p.error().message;
   Compiler c(*p, CompileOptions{});
   auto rs = c.compile({vm(1, trust::TrustLevel::trusted)}, {}, kNow);
+  EXPECT_TRUE(elements_name(*find_set(rs, "vm_ipv4"), "sg1"));
+  EXPECT_FALSE(elements_name(*find_set(rs, "vm_ipv6"), "sg1"));
+  EXPECT_FALSE(elements_name(*find_set(rs, "vm_addr_v6"), "sg1"));
   bool dropped = false;
-  for (const auto& r : find_chain(rs, "vm_sg1_out")->rules) {
-    if (is_drop(r) && r.comment.find("IPv6 is not enabled") != std::string::npos) dropped = true;
+  for (const auto& r : find_chain(rs, "vm_out")->rules) {
+    if (goto_target(r) == "drop_family" && r.comment.find("IPv6") != std::string::npos) dropped = true;
   }
   EXPECT_TRUE(dropped);
 }

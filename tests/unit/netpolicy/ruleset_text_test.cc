@@ -169,7 +169,7 @@ TEST(TableTextTest, ElementTimeouts) {
   }
 }
 
-TEST(PlanTest, ReplaceOrdersChainsBeforeSetsBeforeRules) {
+TEST(PlanTest, ReplaceOrdersChainsBeforeQuotasBeforeSetsBeforeRules) {
   const Ruleset rs = full_ruleset();
   const Plan p = plan_replace(rs);
   std::vector<std::string> kinds;
@@ -187,18 +187,19 @@ TEST(PlanTest, ReplaceOrdersChainsBeforeSetsBeforeRules) {
       default: kinds.push_back("?");
     }
   }
+  // Quotas before sets: a quota map's elements name them.
   std::vector<std::string> want = {"T+", "T-", "T+", "C", "C", "C"};
-  want.insert(want.end(), 13, "S");
   want.insert(want.end(), 2, "Q");
-  want.insert(want.end(), 4 + 32 + 2, "R");
+  want.insert(want.end(), 18, "S");
+  want.insert(want.end(), 4 + 38 + 2, "R");
   want.insert(want.end(), {"T+", "T-", "T+", "C", "R", "R", "R"});
   EXPECT_EQ(kinds, want);
   EXPECT_EQ(p.ops[3].chain.base->priority, -10);
   EXPECT_EQ(p.ops.back().family, TableFamily::arp);
   EXPECT_EQ(p.ops.back().name, "arp_in");
   // Rules keep their chain order.
-  EXPECT_EQ(p.ops[21].name, "forward");
-  EXPECT_EQ(to_nft_text(p.ops[21].rule), to_nft_text(rs.tables[0].chains[0].rules[0]));
+  EXPECT_EQ(p.ops[26].name, "forward");
+  EXPECT_EQ(to_nft_text(p.ops[26].rule), to_nft_text(rs.tables[0].chains[0].rules[0]));
 }
 
 TEST(PlanTest, Text) {

@@ -117,8 +117,27 @@ inline Table inet_table(const std::string& name = "surrogated") {
                          part(be16_bytes(53), be16_bytes(53))});
   hm2.data = host32_bytes((0x53U << 16U) | 0x8000U);
   hole_map.elements = {hm1, hm2};
-  t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, meter_if,
-            hole_map,    macs,        ifs,      protos,   ports,    from_vm};
+  // Per-VM values keyed by interface: a ct mark, a named quota, a drop
+  // counter per VM and reason, and a tap . tunnel . mark triple.
+  Set marks{"vm_mark", {KeyType::ifname}};
+  marks.data_type = KeyType::mark;
+  SetElement mk = elem({part(ifname_bytes("sg3"))});
+  mk.data = host32_bytes(3);
+  marks.elements = {mk};
+  Set quotas{"vm_quota", {KeyType::ifname}};
+  quotas.quota_map = true;
+  SetElement qe = elem({part(ifname_bytes("sg3"))});
+  qe.object = "q3";
+  quotas.elements = {qe};
+  Set drops{"drops", {KeyType::ifname, KeyType::ifname}, false, false, true};
+  drops.size = 65536;
+  Set triples{"tunnel_out", {KeyType::ifname, KeyType::ifname, KeyType::mark}};
+  triples.elements = {elem({part(ifname_bytes("sg3")), part(ifname_bytes("sgt3")), part(host32_bytes(0x40000003U))})};
+  // Declared by typeof: nft has no type for an ND target.
+  Set nd{"vm_nd_v6", {KeyType::ifname, KeyType::nd_target}};
+  nd.elements = {elem({part(ifname_bytes("sg3")), part(addr("2001:db8:0:3::2"))})};
+  t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, meter_if, hole_map, macs,
+            ifs,         protos,      ports,    from_vm,  marks,    quotas,   drops,    triples,  nd};
 
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, -10, false}, {}};
   forward.rules = {
@@ -168,6 +187,14 @@ inline Table inet_table(const std::string& name = "surrogated") {
       rule({in_set({Field::ip6_daddr, Field::l4proto, Field::th_dport}, "holes_v6")}, {accept()}),
       rule({in_set({Field::ether_saddr}, "macs", true)}, {drop()}),
       rule({in_set({Field::l4proto}, "protos"), in_set({Field::th_dport}, "closed_ports")}, {drop()}),
+      rule({eq(Field::ct_state, host32_bytes(kCtNew))}, {CtMarkMap{{Field::iifname}, "vm_mark"}},
+           "the VM's id, from its interface"),
+      rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, drop()}, "the VM's own quota"),
+      rule({}, {CountUpdate{"drops", Field::iifname, "spoof-ip"}}),
+      rule({}, {CountUpdate{"drops", Field::oifname, "inbound"}}),
+      rule({in_set({Field::iifname, Field::oifname, Field::meta_mark}, "tunnel_out")}, {accept()}),
+      rule({eq(Field::icmpv6_type, u8_bytes(136)), in_set({Field::iifname, Field::icmpv6_nd_target}, "vm_nd_v6", true)},
+           {drop()}, "ND only for the VM's own address"),
       rule({eq(Field::oifname, ifname_bytes("eth0"))}, {Verdict{Verdict::Kind::jump, "vm_common"}}),
       rule({}, {Verdict{Verdict::Kind::go_to, "vm_common"}}),
   };

@@ -1,6 +1,8 @@
-// The compiler's part of shaping: every VM chain selects the VM's HTB class
-// with `meta priority set`, and the quota drop comes after the client accept
-// (at 100% of its quota a VM still reaches its client) but before the holes.
+// The compiler's part of shaping: the shared chains select each VM's HTB
+// class with `meta priority set ... map` (the VM's classes are elements of
+// vm_class, vm_client_* and the hole maps), and the quota drop comes after
+// the client accept (at 100% of its quota a VM still reaches its client) but
+// before the holes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -44,18 +46,18 @@ std::ptrdiff_t index_of(const Chain& c, const std::string& comment_part) {
   return it == c.rules.end() ? -1 : it - c.rules.begin();
 }
 
-std::optional<std::uint32_t> priority_of(const Rule& r) {
+std::string priority_map_of(const Rule& r) {
   for (const auto& s : r.statements) {
-    if (const auto* p = std::get_if<PrioritySet>(&s)) return p->priority;
+    if (const auto* p = std::get_if<PriorityMap>(&s)) return p->map;
   }
-  return std::nullopt;
+  return "";
 }
 
 TEST(CompileShaping, QuotaAfterClientBeforeHoles) {
   auto p = policy();
   Compiler c(p, CompileOptions{});
   auto rs = c.compile({vm3()}, {}, 0);
-  const Chain& out = chain(rs, "vm_sg3_out");
+  const Chain& out = chain(rs, "vm_out");
   auto client = index_of(out, "its own client");
   auto quota = index_of(out, "daily byte quota");
   auto holes = index_of(out, "nodes that signed");
@@ -68,28 +70,34 @@ TEST(CompileShaping, QuotaAfterClientBeforeHoles) {
   EXPECT_LT(index_of(out, "closed ports"), client);
 }
 
+const Set& set_of(const Ruleset& rs, const std::string& name);
+std::uint32_t data_of(const SetElement& e);
+
 TEST(CompileShaping, ChainsSelectTheVmsClasses) {
   auto p = policy();
   Compiler c(p, CompileOptions{});
   auto rs = c.compile({vm3()}, {}, 0);
-  const Chain& out = chain(rs, "vm_sg3_out");
-  EXPECT_EQ(priority_of(out.rules[index_of(out, "shape as everything else")]),
-            tc_handle(kTcMajorDefault, 3, FlowClass::other));
-  EXPECT_EQ(priority_of(out.rules[index_of(out, "its own client")]), tc_handle(kTcMajorDefault, 3, FlowClass::client));
+  const Chain& out = chain(rs, "vm_out");
+  EXPECT_EQ(priority_map_of(out.rules[index_of(out, "shape as everything else")]), "vm_class");
+  EXPECT_EQ(priority_map_of(out.rules[index_of(out, "its own client")]), "vm_client_v4");
+  // The VM's classes are the maps' values.
+  EXPECT_EQ(data_of(set_of(rs, "vm_class").elements.at(0)), tc_handle(kTcMajorDefault, 3, FlowClass::other));
+  EXPECT_EQ(data_of(set_of(rs, "vm_client_v4").elements.at(0)), tc_handle(kTcMajorDefault, 3, FlowClass::client));
   // Authorized nodes: the hole map gives each hole its class.
   const Rule& nodes = out.rules[index_of(out, "nodes that signed")];
   const auto* lookup = std::get_if<PriorityMap>(&nodes.statements.at(0));
   ASSERT_NE(lookup, nullptr) << to_nft_text(nodes);
-  EXPECT_EQ(lookup->map, "vm_sg3_holes_v4");
+  EXPECT_EQ(lookup->map, "holes_v4");
   EXPECT_EQ(to_nft_text(nodes),
-            "meta nfproto ipv4 meta priority set ip daddr . meta l4proto . th dport map @vm_sg3_holes_v4 accept "
-            "comment \"sg3: nodes that signed an authcert for this client, each in its class\"");
+            "meta nfproto ipv4 meta priority set iifname . ip daddr . meta l4proto . th dport map @holes_v4 accept "
+            "comment \"nodes that signed an authcert for this client, each in its class\"");
   // The default class is set before anything can accept the packet.
   EXPECT_LT(index_of(out, "shape as everything else"), index_of(out, "its own client"));
-  const Chain& in = chain(rs, "vm_sg3_in");
+  const Chain& in = chain(rs, "vm_in");
   EXPECT_EQ(index_of(in, "shape as everything else"), 0);
   EXPECT_LT(index_of(in, "shape as its client"), index_of(in, "replies and related"));
-  EXPECT_NE(to_nft_text(in).find("meta priority set 53:d"), std::string::npos) << to_nft_text(in);
+  EXPECT_NE(to_nft_text(in).find("meta priority set oifname . ip saddr map @vm_client_v4"), std::string::npos)
+      << to_nft_text(in);
 }
 
 const Set& set_of(const Ruleset& rs, const std::string& name) {
@@ -114,18 +122,21 @@ TEST(CompileShaping, EachHoleMapsToItsClassOrTheSharedNodesClass) {
   Hole rated{7, "sg3", *Prefix::parse("203.0.113.9"), 6, {443, 443}, 0, 0x8007};
   Hole plain{8, "sg3", *Prefix::parse("203.0.113.10"), 0, {}, 0, 0};
   auto rs = c.compile({vm3()}, {rated, plain}, 0);
-  const Set& holes = set_of(rs, "vm_sg3_holes_v4");
+  const Set& holes = set_of(rs, "holes_v4");
   ASSERT_TRUE(holes.data_type.has_value());
   EXPECT_EQ(*holes.data_type, KeyType::classid);
-  ASSERT_EQ(holes.elements.size(), 2U);
+  ASSERT_EQ(holes.elements.size(), 1U);
   EXPECT_EQ(data_of(holes.elements[0]), tc_handle(kTcMajorDefault, 0x8007));
-  EXPECT_EQ(data_of(holes.elements[1]), tc_handle(kTcMajorDefault, 3, FlowClass::nodes));
+  // Any protocol: a range, so the interval map.
+  const Set& ranges = set_of(rs, "holes_v4_range");
+  ASSERT_EQ(ranges.elements.size(), 1U);
+  EXPECT_EQ(data_of(ranges.elements[0]), tc_handle(kTcMajorDefault, 3, FlowClass::nodes));
   // The plan that opens one hole carries the map's layout and the class.
   auto plan = c.plan_add_hole(vm3(), rated, 0);
   ASSERT_EQ(plan.ops.size(), 1U);
   EXPECT_EQ(plan.ops[0].set.data_type, KeyType::classid);
   EXPECT_EQ(data_of(plan.ops[0].elements.at(0)), tc_handle(kTcMajorDefault, 0x8007));
-  EXPECT_NE(to_nft_text(plan).find("203.0.113.9 . tcp . 443 comment \"hole 7\" : 53:8007"), std::string::npos)
+  EXPECT_NE(to_nft_text(plan).find("\"sg3\" . 203.0.113.9 . tcp . 443 comment \"hole 7\" : 53:8007"), std::string::npos)
       << to_nft_text(plan);
 }
 

@@ -57,33 +57,47 @@ std::size_t index_of(const Chain& c, const std::string& comment_part) {
 
 TEST(TunnelRules, UntrustedEgressDropsGreBeforeTheClientAndAcceptsTheTunnelOnlyAfterEveryGuardrail) {
   trust::Policy policy = defaults();
-  Compiler c(policy, CompileOptions{});
+  Compiler c(policy, with_tunnel("sg1"));
   auto rs = c.compile({vm(1, trust::TrustLevel::untrusted)}, {}, kNow);
-  const Chain* out = chain(rs, "vm_sg1_out");
+  const Chain* out = chain(rs, "vm_out");
   ASSERT_NE(out, nullptr);
-  auto gre = index_of(*out, "drop GRE sent by the guest");
+  auto gre = index_of(*out, "untrusted: drop GRE sent by the guest");
   auto client = index_of(*out, "its own client");
-  auto tunnel = index_of(*out, "into its GRE tunnel");
   ASSERT_LT(gre, out->rules.size());
-  ASSERT_LT(tunnel, out->rules.size());
   EXPECT_LT(gre, client);
-  for (const char* guard : {"spoof", "reserved", "block list", "closed ports", "TCP SYN/s", "per destination"}) {
-    auto g = index_of(*out, guard);
-    if (g < out->rules.size()) EXPECT_LT(g, tunnel) << guard;
+  for (const char* guard : {"own MAC", "own address", "reserved", "block list", "closed ports"}) {
+    EXPECT_LT(index_of(*out, guard), out->rules.size() - 3) << guard << ": before the level chains";
   }
-  EXPECT_EQ(tunnel + 1, out->rules.size() - 1) << "the tunnel accept sits right before the final drop";
-  EXPECT_EQ(to_nft_text(out->rules[tunnel]),
-            "meta mark 0x40000001 oifname \"sgt1\" accept comment \"sg1: everything else into its GRE tunnel to its "
-            "client\"");
+  // The tunnel accept is in the untrusted chain, after its meters, right
+  // before the final drop, and only for the VM's own tap, device and mark.
+  const Chain* lvl = chain(rs, "untrusted_out");
+  ASSERT_NE(lvl, nullptr);
+  auto tunnel = index_of(*lvl, "into its own GRE tunnel");
+  ASSERT_LT(tunnel, lvl->rules.size());
+  for (const char* guard : {"TCP SYN/s", "per VM and destination"}) {
+    EXPECT_LT(index_of(*lvl, guard), tunnel) << guard;
+  }
+  EXPECT_EQ(tunnel + 1, lvl->rules.size() - 1) << "the tunnel accept sits right before the final drop";
+  EXPECT_EQ(to_nft_text(lvl->rules[tunnel]),
+            "iifname . oifname . meta mark @tunnel_out accept comment \"untrusted: everything else into its own GRE "
+            "tunnel to its client\"");
+  EXPECT_NE(to_nft_text(rs).find("\"sg1\" . \"sgt1\" . 0x40000001"), std::string::npos) << to_nft_text(rs);
 }
 
-TEST(TunnelRules, TrustedVmsKeepGreAndHaveNoTunnelAccept) {
+TEST(TunnelRules, TrustedVmsKeepGreAndHaveNoTunnel) {
   trust::Policy policy = defaults();
   Compiler c(policy, with_tunnel("sg1"));
   auto rs = c.compile({vm(1, trust::TrustLevel::trusted)}, {}, kNow);
-  const Chain* out = chain(rs, "vm_sg1_out");
-  EXPECT_EQ(index_of(*out, "GRE"), out->rules.size());
+  const Chain* out = chain(rs, "vm_out");
+  for (const auto& r : out->rules) {
+    if (r.comment.find("GRE") == std::string::npos) continue;
+    bool untrusted_only = false;
+    for (const auto& m : r.matches)
+      untrusted_only = untrusted_only || m.set == "level_untrusted" || m.set == "level_semi";
+    EXPECT_TRUE(untrusted_only) << to_nft_text(r);
+  }
   EXPECT_EQ(chain(rs, "vm_sg1_pre"), nullptr) << "only untrusted VMs are tunnelled";
+  EXPECT_EQ(to_nft_text(rs).find("\"sgt1\""), std::string::npos);
 }
 
 TEST(TunnelRules, ThePreroutingChainMarksOnlyWhatIsNeitherClientNorHoleAndClampsBothDirections) {
