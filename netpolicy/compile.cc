@@ -137,6 +137,20 @@ Set make_set(const std::string& name, std::vector<KeyType> key) {
 std::string level_token(TrustLevel l) {
   return l == TrustLevel::semi_trusted ? std::string("semi") : std::string(trust::to_string(l));
 }
+// Keys start with the interface name, in hash and interval maps alike. In
+// an interval map (the kernel's pipapo) that keeps inserting cheap: every
+// insert checks for overlaps field by field, and many VMs share the same
+// destinations (address first made reconciling 20,000 prefix holes ~3x
+// slower).
+std::vector<KeyType> hole_key(Family f) {
+  return {KeyType::ifname, addr_type(f), KeyType::inet_proto, KeyType::inet_service};
+}
+std::vector<Field> hole_fields(Family f) { return {Field::iifname, daddr(f), Field::l4proto, Field::th_dport}; }
+std::string hole_map(Family f, bool range) { return std::string("holes") + sfx(f) + (range ? "_range" : ""); }
+// dev: iifname (from the VM) or oifname (to it); addr: the client's side.
+std::vector<Field> client_fields(Field dev, Field addr) { return {dev, addr}; }
+std::string client_map(Family f, bool range) { return std::string("vm_client") + sfx(f) + (range ? "_range" : ""); }
+
 std::string level_set(TrustLevel l) { return "level_" + level_token(l); }
 std::string level_chain_name(TrustLevel l) { return level_token(l) + "_out"; }
 constexpr TrustLevel kLevels[] = {TrustLevel::untrusted, TrustLevel::semi_trusted, TrustLevel::trusted};
@@ -242,10 +256,13 @@ std::vector<Set> Compiler::shared_sets() const {
     sets.push_back(make_set(f == Family::v4 ? "vm_ipv4" : "vm_ipv6", {KeyType::ifname}));
     sets.push_back(make_set(std::string("vm_addr") + sfx(f), {KeyType::ifname, addr_type(f)}));
     sets.push_back(make_set(std::string("vm_gateway") + sfx(f), {KeyType::ifname, addr_type(f)}));
-    Set client = make_set(std::string("vm_client") + sfx(f), {KeyType::ifname, addr_type(f)});
-    client.interval = true;
-    if (opt_.shaping) client.data_type = KeyType::classid;
-    sets.push_back(std::move(client));
+    // Its client: single addresses in a hash map, prefixes in an interval one.
+    for (bool range : {false, true}) {
+      Set client = make_set(client_map(f, range), {KeyType::ifname, addr_type(f)});
+      client.interval = range;
+      if (opt_.shaping) client.data_type = KeyType::classid;
+      sets.push_back(std::move(client));
+    }
   }
   // The same IPv6 addresses, as the target of a neighbour advertisement.
   sets.push_back(make_set("vm_nd_v6", {KeyType::ifname, KeyType::nd_target}));
@@ -267,8 +284,7 @@ std::vector<Set> Compiler::shared_sets() const {
   // whose changes cost the same at any size; the rest in an interval map.
   for (Family f : {Family::v4, Family::v6}) {
     for (bool range : {false, true}) {
-      Set h = make_set(std::string("holes") + sfx(f) + (range ? "_range" : ""),
-                       {KeyType::ifname, addr_type(f), KeyType::inet_proto, KeyType::inet_service});
+      Set h = make_set(hole_map(f, range), hole_key(f));
       h.interval = range;
       h.timeout = true;
       // With shaping, a map to each hole's tc class (docs/shaping.md).
@@ -340,22 +356,19 @@ std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const V
   if (hole.expires > 0) e.timeout_ms = static_cast<std::uint64_t>(std::max<std::int64_t>(1, hole.expires - now)) * 1000;
   e.comment = "hole " + std::to_string(hole.id);
   if (opt_.shaping) e.data = host32_bytes(hole_class(vm, hole));
-  return std::pair{std::string("holes") + sfx(f) + (exact ? "" : "_range"), std::move(e)};
+  return std::pair{hole_map(f, !exact), std::move(e)};
 }
 
 Chain Compiler::out_chain() const {
   Chain c{"vm_out", std::nullopt, {}};
   auto& r = c.rules;
-  // 1. Anti-spoofing: a VM sends only from its own MAC and addresses. A tap
-  // that is in no set (no VM) fails these checks too.
-  r.push_back(drop_rule({in_set({Field::iifname, Field::ether_saddr}, "vm_mac", true)}, "spoof-mac",
-                        "drop frames not from the VM's own MAC"));
+  // 1. Anti-spoofing: a VM sends only from its own MAC (checked on the way
+  // here, in forward) and addresses.
+  // One lookup per packet: which of the two drops it is (no address in
+  // that family at all, or another address) is told apart after the miss.
   for (Family f : {Family::v4, Family::v6}) {
-    const std::string fam = f == Family::v4 ? "IPv4" : "IPv6";
-    r.push_back(drop_rule({nfproto(f), in_set({Field::iifname}, f == Family::v4 ? "vm_ipv4" : "vm_ipv6", true)},
-                          "family", "drop " + fam + " from a VM that has no " + fam + " address"));
-    r.push_back(drop_rule({nfproto(f), in_set({Field::iifname, saddr(f)}, std::string("vm_addr") + sfx(f), true)},
-                          "spoof-ip", "drop packets not from the VM's own address"));
+    r.push_back(rule({nfproto(f), in_set({Field::iifname, saddr(f)}, std::string("vm_addr") + sfx(f), true)},
+                     {go_to(std::string("not_own") + sfx(f))}, "drop packets not from the VM's own address"));
   }
   // 2. Every new flow carries the VM's id, for the flow log.
   r.push_back(rule({ct_state(kCtNew)}, {CtMarkMap{{Field::iifname}, "vm_mark"}}, "mark new flows with the VM's id"));
@@ -374,6 +387,13 @@ Chain Compiler::out_chain() const {
                         "drop IPv6 packets with a routing header"));
   r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
                         "drop IPv6 fragments that escaped reassembly"));
+  // Established plain TCP and UDP flows (kPlainFlowMark): the short path.
+  for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
+    r.push_back(
+        rule({l4proto(proto), ct_state(kCtEstablished),
+              masked(Field::ct_mark, host32_bytes(kSynOnlyMark | kPlainFlowMark), host32_bytes(kPlainFlowMark))},
+             {go_to("vm_out_plain")}, "established plain flows: the short path"));
+  }
   // 4. GRE from the guest itself: no tunnel inside the tunnel, and no GRE
   // that could pass for the host's own to the client's endpoint. Only
   // levels that may be tunnelled; a semi-trusted policy that allows IP
@@ -402,12 +422,14 @@ Chain Compiler::out_chain() const {
   // 6. Its own client: always, for every level, and before the quota, so a
   // VM that used up its day can still talk to its owner.
   for (Family f : {Family::v4, Family::v6}) {
-    const std::string map = std::string("vm_client") + sfx(f);
-    if (opt_.shaping) {
-      r.push_back(rule({nfproto(f)}, {PriorityMap{{Field::iifname, daddr(f)}, map}, accept()},
-                       "its own client, in the client's class"));
-    } else {
-      r.push_back(rule({nfproto(f), in_set({Field::iifname, daddr(f)}, map)}, {accept()}, "its own client"));
+    for (bool range : {false, true}) {
+      const auto key = client_fields(Field::iifname, daddr(f));
+      if (opt_.shaping) {
+        r.push_back(rule({nfproto(f)}, {PriorityMap{key, client_map(f, range)}, accept()},
+                         "its own client, in the client's class"));
+      } else {
+        r.push_back(rule({nfproto(f), in_set(key, client_map(f, range))}, {accept()}, "its own client"));
+      }
     }
   }
   // 7. Daily byte quota: counts everything but the client. A VM without a
@@ -416,9 +438,9 @@ Chain Compiler::out_chain() const {
       rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, go_to(drop_chain("quota"))}, "daily byte quota used up"));
   // 8. Authorized nodes: for every level.
   for (Family f : {Family::v4, Family::v6}) {
-    std::vector<Field> key = {Field::iifname, daddr(f), Field::l4proto, Field::th_dport};
-    for (const char* kind : {"", "_range"}) {
-      std::string map = std::string("holes") + sfx(f) + kind;
+    for (bool range : {false, true}) {
+      const std::vector<Field> key = hole_fields(f);
+      const std::string map = hole_map(f, range);
       if (opt_.shaping) {
         // The lookup both authorizes and picks the hole's tc class.
         r.push_back(rule({nfproto(f)}, {PriorityMap{key, map}, accept()},
@@ -450,7 +472,7 @@ Chain Compiler::level_chain(TrustLevel level) const {
                                  std::pair{static_cast<std::uint8_t>(IPPROTO_UDP), "udp"}}) {
         r.push_back(rule(
             {nfproto(f), l4proto(proto), in_set({daddr(f), Field::th_dport}, std::string("semi_") + name + sfx(f))},
-            {accept()}, lv + ": " + name + " allowlist"));
+            {CtMarkOr{kPlainFlowMark}, accept()}, lv + ": " + name + " allowlist"));
       }
     }
   }
@@ -502,7 +524,8 @@ Chain Compiler::level_chain(TrustLevel level) const {
   // What the level allows beyond that.
   switch (level) {
     case TrustLevel::trusted:
-      r.push_back(rule({}, {accept()}, "trusted: any destination (logged, under the guardrails)"));
+      r.push_back(
+          rule({}, {CtMarkOr{kPlainFlowMark}, accept()}, "trusted: any destination (logged, under the guardrails)"));
       break;
     case TrustLevel::semi_trusted: {
       for (Family f : {Family::v4, Family::v6}) {
@@ -511,7 +534,7 @@ Chain Compiler::level_chain(TrustLevel level) const {
           for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_UDP), static_cast<std::uint8_t>(IPPROTO_TCP)}) {
             r.push_back(rule(
                 {nfproto(f), eq(daddr(f), address_bytes(res)), l4proto(proto), eq(Field::th_dport, be16_bytes(53))},
-                {accept()}, lv + ": DNS resolver " + res.to_string()));
+                {CtMarkOr{kPlainFlowMark}, accept()}, lv + ": DNS resolver " + res.to_string()));
           }
         }
       }
@@ -540,7 +563,8 @@ Chain Compiler::level_chain(TrustLevel level) const {
       // Marked in prerouting only while its tunnel is up, and accepted only
       // when routing sent it into its own tunnel device: every guardrail
       // above has already been applied.
-      r.push_back(rule({in_set({Field::iifname, Field::oifname, Field::meta_mark}, "tunnel_out")}, {accept()},
+      r.push_back(rule({in_set({Field::iifname, Field::oifname, Field::meta_mark}, "tunnel_out")},
+                       {CtMarkOr{kPlainFlowMark}, accept()},
                        "untrusted: everything else into its own GRE tunnel to its client"));
       r.push_back(drop_rule({}, "not-allowed", "untrusted: only its client and authorized nodes"));
       break;
@@ -554,15 +578,25 @@ Chain Compiler::in_chain() const {
   // Its HTB class on the tap: the client's traffic, or everything else.
   if (opt_.shaping) {
     r.push_back(rule({}, {PriorityMap{{Field::oifname}, "vm_class"}}, "shape as everything else"));
+  }
+  // Replies of plain flows are in the default class: accept them now.
+  r.push_back(rule({ct_state(kCtEstablished),
+                    masked(Field::ct_mark, host32_bytes(kSynOnlyMark | kPlainFlowMark), host32_bytes(kPlainFlowMark))},
+                   {accept()}, "replies of plain flows"));
+  if (opt_.shaping) {
     for (Family f : {Family::v4, Family::v6}) {
-      r.push_back(rule({nfproto(f)}, {PriorityMap{{Field::oifname, saddr(f)}, std::string("vm_client") + sfx(f)}},
-                       "shape as its client"));
+      for (bool range : {false, true}) {
+        r.push_back(rule({nfproto(f)}, {PriorityMap{client_fields(Field::oifname, saddr(f)), client_map(f, range)}},
+                         "shape as its client"));
+      }
     }
   }
   r.push_back(rule({ct_state(kCtEstablished | kCtRelated)}, {accept()}, "replies and related"));
   for (Family f : {Family::v4, Family::v6}) {
-    r.push_back(rule({nfproto(f), in_set({Field::oifname, saddr(f)}, std::string("vm_client") + sfx(f))}, {accept()},
-                     "its own client may connect"));
+    for (bool range : {false, true}) {
+      r.push_back(rule({nfproto(f), in_set(client_fields(Field::oifname, saddr(f)), client_map(f, range))}, {accept()},
+                       "its own client may connect"));
+    }
   }
   r.push_back(
       rule({in_set({Field::oifname}, level_set(TrustLevel::trusted))}, {accept()}, "trusted: reachable from anywhere"));
@@ -633,8 +667,17 @@ std::vector<Chain> Compiler::shared_chains() const {
                                 in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
                                {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
                                "a tunnel delivers only to its own VM"));
-  forward.rules.push_back(rule({in_set({Field::iifname}, "vms")}, {go_to("vm_out")}, "packets from a VM"));
-  forward.rules.push_back(rule({in_set({Field::oifname}, "vms")}, {go_to("vm_in")}, "packets to a VM"));
+  // From a VM with its own MAC (one lookup for both); from a VM's tap with
+  // another MAC: dropped.
+  // (The name prefix first: a packet from the uplink costs a compare, not
+  // two lookups.)
+  const Match from_tap = ifname_wildcard(Field::iifname, opt_.iface_prefix);
+  forward.rules.push_back(
+      rule({from_tap, in_set({Field::iifname, Field::ether_saddr}, "vm_mac")}, {go_to("vm_out")}, "packets from a VM"));
+  forward.rules.push_back(rule({from_tap, in_set({Field::iifname}, "vms")}, {go_to(drop_chain("spoof-mac"))},
+                               "drop frames from a VM not from its own MAC"));
+  forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix), in_set({Field::oifname}, "vms")},
+                               {go_to("vm_in")}, "packets to a VM"));
   forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
                                {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules sends nothing"));
@@ -647,6 +690,27 @@ std::vector<Chain> Compiler::shared_chains() const {
                              {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                              "fail closed: a VM interface without rules reaches nothing on the host"));
   chains = {prerouting, forward, input, out_chain()};
+  // The short path of an established plain flow: the guardrails that act
+  // on established flows too (block list, quota), then accept. Its class is
+  // the VM's default one, set before the jump.
+  Chain plain{"vm_out_plain", std::nullopt, {}};
+  for (Family f : {Family::v4, Family::v6}) {
+    plain.rules.push_back(drop_rule({nfproto(f), in_set({daddr(f)}, std::string("block") + sfx(f))}, "blocked",
+                                    "drop destinations on the owner's block list (guardrail)"));
+  }
+  plain.rules.push_back(
+      rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, go_to(drop_chain("quota"))}, "daily byte quota used up"));
+  plain.rules.push_back(rule({}, {accept()}, "an established plain flow"));
+  chains.push_back(std::move(plain));
+  // Reached only by packets from a VM that are not from its own address.
+  for (Family f : {Family::v4, Family::v6}) {
+    const std::string fam = f == Family::v4 ? "IPv4" : "IPv6";
+    Chain no{std::string("not_own") + sfx(f), std::nullopt, {}};
+    no.rules.push_back(drop_rule({in_set({Field::iifname}, f == Family::v4 ? "vm_ipv4" : "vm_ipv6", true)}, "family",
+                                 "drop " + fam + " from a VM that has no " + fam + " address"));
+    no.rules.push_back(drop_rule({}, "spoof-ip", "drop " + fam + " packets not from the VM's own address"));
+    chains.push_back(std::move(no));
+  }
   for (TrustLevel l : kLevels) chains.push_back(level_chain(l));
   chains.push_back(in_chain());
   chains.push_back(host_chain());
@@ -684,9 +748,10 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
     const auto& gw = f == Family::v4 ? vm.gateway4 : vm.gateway6;
     if (gw) add(std::string("vm_gateway") + sfx(f), key({{address_bytes(*gw), {}}}));
     for (const auto& c : minimal(of_family(vm.client, f))) {
+      const bool range = c.length < c.address.bit_length();
       SetElement e = key({prefix_element(c).key[0]});
       if (opt_.shaping) e.data = host32_bytes(tc_handle(opt_.tc_major, vm.id, FlowClass::client));
-      add(std::string("vm_client") + sfx(f), std::move(e));
+      add(client_map(f, range), std::move(e));
     }
   }
   SetElement mark = key();
@@ -929,10 +994,9 @@ Chain Compiler::tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const {
     }
   }
   for (Family f : {Family::v4, Family::v6}) {
-    for (const char* kind : {"", "_range"}) {
-      r.push_back(rule({nfproto(f), in_set({Field::iifname, daddr(f), Field::l4proto, Field::th_dport},
-                                           std::string("holes") + sfx(f) + kind)},
-                       {ret()}, n + ": authorized nodes: direct"));
+    for (bool range : {false, true}) {
+      r.push_back(
+          rule({nfproto(f), in_set(hole_fields(f), hole_map(f, range))}, {ret()}, n + ": authorized nodes: direct"));
     }
   }
   r.push_back(rule({}, {MarkSet{tunnel_mark(vm.id)}},

@@ -106,6 +106,12 @@ inline constexpr std::uint32_t kTunnelMarkBit = 0x40000000U;
 // connection may complete its handshake (so traceroute sees the answer) but
 // the VM may not send data on it.
 inline constexpr std::uint32_t kSynOnlyMark = 0x80000000U;
+// ct mark bit for a "plain" flow: a new TCP or UDP flow its level accepted
+// (not to the client, not through a hole, so its class is the VM's default
+// one). Its later packets take a short path: anti-spoofing, evil packets,
+// block list and quota, then accept; every lookup that classifies or
+// admits a new flow is skipped.
+inline constexpr std::uint32_t kPlainFlowMark = 0x40000000U;
 
 class Compiler {
  public:

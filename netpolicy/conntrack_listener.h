@@ -32,7 +32,9 @@ struct nlmsghdr;
 namespace sg::netpolicy {
 
 inline constexpr std::uint32_t kSynProbeMarkBit = 0x80000000U;
-inline constexpr std::uint32_t kVmIdMarkMask = 0x7fffffffU;
+// Bit 30: a "plain" flow (not to the client, not through a hole), which the
+// rules pass on a short path once established (netpolicy/compile.h).
+inline constexpr std::uint32_t kVmIdMarkMask = 0x3fffffffU;
 
 struct FlowEvent {
   enum class Kind : std::uint8_t {

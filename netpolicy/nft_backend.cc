@@ -657,6 +657,21 @@ class RuleCompiler {
     b_.ct_store(NFT_CT_MARK, NFT_REG_1);
     return {};
   }
+  Status compile_statement(const CtMarkOr& c) {
+    // As nft: load, (mark & ~bits) ^ bits, store.
+    b_.ct_load(NFT_CT_MARK, NFT_REG_1);
+    auto e = RuleBuilder::make("bitwise");
+    const Bytes mask = host32_bytes(~c.bits);
+    const Bytes xorv = host32_bytes(c.bits);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_LEN, 4);
+    nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_MASK, mask.data(), 4);
+    nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, xorv.data(), 4);
+    b_.add(std::move(e));
+    b_.ct_store(NFT_CT_MARK, NFT_REG_1);
+    return {};
+  }
   Status compile_statement(const QuotaMap& q) {
     if (q.map.empty()) return make_error("quota name ... map names no map");
     if (auto st = load_key(q.fields, q.map); !st) return st;
@@ -1085,7 +1100,13 @@ class PlanEncoder {
         if (op.set.interval) interval_sets_[table_key(op)].insert(op.set.name);
         auto s = build_set(op.family, op.table, op.set, ++set_id_);
         if (!s) return with_context("set " + op.set.name, s.error());
-        std::string what = op_text(op);
+        Op head;  // the declaration alone: the elements follow in their own messages
+        head.kind = op.kind;
+        head.family = op.family;
+        head.table = op.table;
+        head.set = op.set;
+        head.set.elements.clear();
+        std::string what = op_text(head);
         auto* nlh = b_.start(NFT_MSG_NEWSET, op.family, NLM_F_CREATE, what.substr(0, what.find(" ...")));
         nftnl_set_nlmsg_build_payload(nlh, s->get());
         b_.done();
@@ -1205,6 +1226,18 @@ class PlanEncoder {
   Status encode_elements(const Op& op, const Set& decl, const std::vector<SetElement>& elements, std::uint16_t type,
                          bool leading_zero_end) {
     const bool del = type != NFT_MSG_NEWSETELEM;
+    // What each message shows in an error: the op with only its chunk (not
+    // a copy of the whole op per chunk: a set added with 100,000 elements
+    // made that quadratic).
+    Op shown;
+    shown.kind = type == NFT_MSG_NEWSETELEM   ? Op::Kind::add_elements
+                 : type == NFT_MSG_DELSETELEM ? Op::Kind::delete_elements
+                                              : Op::Kind::destroy_elements;
+    shown.family = op.family;
+    shown.table = op.table;
+    shown.name = decl.name;
+    shown.set = decl;
+    shown.set.elements.clear();
     for (std::size_t first = 0; first < elements.size(); first += kElementsPerMessage) {
       std::vector<SetElement> chunk(
           elements.begin() + static_cast<std::ptrdiff_t>(first),
@@ -1213,13 +1246,7 @@ class PlanEncoder {
       if (auto st = add_elements_to(s.get(), decl, chunk, del, leading_zero_end && first == 0); !st) {
         return with_context("set " + decl.name, st.error());
       }
-      Op shown = op;
-      shown.kind = type == NFT_MSG_NEWSETELEM   ? Op::Kind::add_elements
-                   : type == NFT_MSG_DELSETELEM ? Op::Kind::delete_elements
-                                                : Op::Kind::destroy_elements;
-      shown.name = decl.name;
-      shown.set = decl;
-      shown.elements = chunk;
+      shown.elements = std::move(chunk);
       auto* nlh = b_.start(type, op.family, del ? 0 : NLM_F_CREATE, op_text(shown));
       nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
       b_.done();

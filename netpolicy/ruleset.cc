@@ -416,6 +416,11 @@ struct StatementText {
   std::string operator()(const CtMarkMap& c) const {
     return "ct mark set " + concat_selector(c.fields) + " map @" + c.map;
   }
+  std::string operator()(const CtMarkOr& c) const {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "ct mark set ct mark | 0x%08x", c.bits);
+    return buf;
+  }
   std::string operator()(const QuotaMap& q) const {
     return "quota name " + concat_selector(q.fields) + " map @" + q.map;
   }

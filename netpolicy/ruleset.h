@@ -157,6 +157,10 @@ struct CtMarkMap {
   std::vector<Field> fields;
   std::string map;
 };
+// `ct mark set ct mark | bits`: sets bits of the flow's mark, keeps the rest.
+struct CtMarkOr {
+  std::uint32_t bits = 0;
+};
 // `quota name <fields> map @map`: the named quota the key maps to; matches
 // once that quota is used up. No element (no quota) ends the rule.
 struct QuotaMap {
@@ -173,7 +177,7 @@ struct CountUpdate {
   std::string tag;             // at most 15 bytes (an ifname-sized key part)
 };
 using Statement = std::variant<Counter, Log, Limit, QuotaRef, CtMarkSet, PrioritySet, MeterUpdate, Verdict, MarkSet,
-                               MssSet, Masquerade, PriorityMap, CtMarkMap, QuotaMap, CountUpdate>;
+                               MssSet, Masquerade, PriorityMap, CtMarkMap, CtMarkOr, QuotaMap, CountUpdate>;
 
 struct Rule {
   std::vector<Match> matches;

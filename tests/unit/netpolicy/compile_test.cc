@@ -105,7 +105,8 @@ TEST(Compiler, EveryChainEndsWithAVerdictAndEveryDropIsCountedPerVmAndLogged) {
   auto policy = test_policy();
   Compiler c(policy, CompileOptions{});
   auto rs = c.compile({vm(4, trust::TrustLevel::untrusted)}, {}, kNow);
-  for (const char* name : {"vm_out", "untrusted_out", "semi_out", "trusted_out", "vm_in", "vm_host"}) {
+  for (const char* name : {"vm_out", "not_own_v4", "not_own_v6", "vm_out_plain", "untrusted_out", "semi_out",
+                           "trusted_out", "vm_in", "vm_host"}) {
     const Chain* ch = find_chain(rs, name);
     ASSERT_NE(ch, nullptr) << name;
     ASSERT_FALSE(ch->rules.empty());
@@ -221,7 +222,30 @@ TEST(Compiler, LevelsEndAsTheyShould) {
     if (guard) {
       EXPECT_FALSE(seen_accept) << "a guardrail after an accept";
     }
-    seen_accept = seen_accept || is_accept(r) || goto_target(r).find("_out") != std::string::npos;
+    const std::string target = goto_target(r);
+    if (target == "vm_out_plain") continue;  // established flows only: below
+    seen_accept = seen_accept || is_accept(r) || target.find("_out") != std::string::npos;
+  }
+  // The short path of established plain flows keeps the guardrails that act
+  // on established flows (block list, quota); reserved destinations and
+  // closed ports are properties of the flow, checked on its first packet.
+  const auto& plain = find_chain(rs, "vm_out_plain")->rules;
+  EXPECT_TRUE(uses("vm_out_plain", "block_v4"));
+  EXPECT_TRUE(uses("vm_out_plain", "block_v6"));
+  ASSERT_GE(plain.size(), 2U);
+  EXPECT_NE(std::get_if<QuotaMap>(&plain[plain.size() - 2].statements.at(0)), nullptr);
+  EXPECT_TRUE(is_accept(plain.back()));
+  for (const auto& r : out) {
+    if (goto_target(r) != "vm_out_plain") continue;
+    bool needs_established = false, needs_plain_mark = false;
+    for (const auto& m : r.matches) {
+      needs_established =
+          needs_established || (m.fields[0] == Field::ct_state && m.value == host32_bytes(kCtEstablished));
+      needs_plain_mark =
+          needs_plain_mark || (m.fields[0] == Field::ct_mark && m.value == host32_bytes(kPlainFlowMark) &&
+                               m.mask == host32_bytes(kPlainFlowMark | kSynOnlyMark));
+    }
+    EXPECT_TRUE(needs_established && needs_plain_mark) << to_nft_text(r);
   }
 }
 
@@ -317,11 +341,18 @@ TEST(Compiler, OwnerIpv4OnlyDropsIpv6OfEveryVm) {
   EXPECT_TRUE(elements_name(*find_set(rs, "vm_ipv4"), "sg1"));
   EXPECT_FALSE(elements_name(*find_set(rs, "vm_ipv6"), "sg1"));
   EXPECT_FALSE(elements_name(*find_set(rs, "vm_addr_v6"), "sg1"));
-  bool dropped = false;
+  // Its IPv6 is not its own address (no element): the miss chain tells a
+  // family the VM has no address in from a spoofed one.
+  bool checked = false;
   for (const auto& r : find_chain(rs, "vm_out")->rules) {
-    if (goto_target(r) == "drop_family" && r.comment.find("IPv6") != std::string::npos) dropped = true;
+    if (goto_target(r) == "not_own_v6") checked = true;
   }
-  EXPECT_TRUE(dropped);
+  EXPECT_TRUE(checked);
+  const auto& miss = find_chain(rs, "not_own_v6")->rules;
+  ASSERT_EQ(miss.size(), 2U);
+  EXPECT_EQ(goto_target(miss[0]), "drop_family");
+  EXPECT_EQ(miss[0].matches.at(0).set, "vm_ipv6");
+  EXPECT_EQ(goto_target(miss[1]), "drop_spoof_ip");
 }
 
 }  // namespace

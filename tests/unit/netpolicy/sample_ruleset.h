@@ -190,6 +190,7 @@ inline Table inet_table(const std::string& name = "surrogated") {
       rule({eq(Field::ct_state, host32_bytes(kCtNew))}, {CtMarkMap{{Field::iifname}, "vm_mark"}},
            "the VM's id, from its interface"),
       rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, drop()}, "the VM's own quota"),
+      rule({eq(Field::ct_state, host32_bytes(kCtNew))}, {CtMarkOr{0x40000000U}, accept()}, "a plain flow"),
       rule({}, {CountUpdate{"drops", Field::iifname, "spoof-ip"}}),
       rule({}, {CountUpdate{"drops", Field::oifname, "inbound"}}),
       rule({in_set({Field::iifname, Field::oifname, Field::meta_mark}, "tunnel_out")}, {accept()}),
