@@ -871,85 +871,76 @@ void element_ops(Plan& plan, const std::string& table, const std::vector<Set>& d
 
 }  // namespace
 
-Plan Compiler::plan_add_parts(const VmParts& p) const {
-  Plan plan;
-  const std::vector<Set> decls = shared_sets();
-  for (const auto& q : p.quotas) {
-    Op o;
-    o.kind = Op::Kind::add_quota;
-    o.table = opt_.table;
-    o.name = q.name;
-    o.quota = q;
-    plan.ops.push_back(std::move(o));
-  }
-  for (const auto& c : p.chains) {
-    Op o;
-    o.kind = Op::Kind::add_chain;
-    o.table = opt_.table;
-    o.name = c.name;
-    o.chain = c;
-    plan.ops.push_back(std::move(o));
-  }
-  element_ops(plan, opt_.table, decls, p.hole_elements, Op::Kind::add_elements);
-  // Membership in "vms" (and the tunnel dispatch) last: everything the
-  // chains look up for the VM is in place before any packet can use it.
-  std::vector<std::pair<std::string, SetElement>> first;
-  std::vector<std::pair<std::string, SetElement>> last;
-  for (const auto& el : p.elements) (el.first == "vms" || el.first == "vm_pre" ? last : first).push_back(el);
-  element_ops(plan, opt_.table, decls, first, Op::Kind::add_elements);
-  for (const auto& e : p.arp_elements) {
-    Op o;
-    o.kind = Op::Kind::add_elements;
-    o.family = TableFamily::arp;
-    o.table = opt_.table;
-    o.name = "arp_ok";
+namespace {
+
+Op table_op(Op::Kind kind, const std::string& table, const std::string& name, TableFamily family = TableFamily::inet) {
+  Op o;
+  o.kind = kind;
+  o.family = family;
+  o.table = table;
+  o.name = name;
+  return o;
+}
+
+void arp_element_ops(Plan& plan, const std::string& table, const std::vector<SetElement>& elements, Op::Kind kind) {
+  for (const auto& e : elements) {
+    Op o = table_op(kind, table, "arp_ok", TableFamily::arp);
     o.set = make_set("arp_ok", {KeyType::ifname, KeyType::ipv4_addr, KeyType::ether_addr});
     o.elements = {e};
     plan.ops.push_back(std::move(o));
   }
-  element_ops(plan, opt_.table, decls, last, Op::Kind::add_elements);
+}
+
+// The elements that send a VM's packets into the chains ("vms", and the
+// tunnel dispatch "vm_pre"), apart from the rest.
+using NamedElements = std::vector<std::pair<std::string, SetElement>>;
+std::pair<NamedElements, NamedElements> split_dispatch(const NamedElements& all) {
+  std::pair<NamedElements, NamedElements> out;  // {dispatch, rest}
+  for (const auto& el : all) (el.first == "vms" || el.first == "vm_pre" ? out.first : out.second).push_back(el);
+  return out;
+}
+
+}  // namespace
+
+Plan Compiler::plan_add_parts(const VmParts& p) const {
+  Plan plan;
+  const std::vector<Set> decls = shared_sets();
+  for (const auto& q : p.quotas) {
+    Op o = table_op(Op::Kind::add_quota, opt_.table, q.name);
+    o.quota = q;
+    plan.ops.push_back(std::move(o));
+  }
+  for (const auto& c : p.chains) {
+    Op o = table_op(Op::Kind::add_chain, opt_.table, c.name);
+    o.chain = c;
+    plan.ops.push_back(std::move(o));
+  }
+  element_ops(plan, opt_.table, decls, p.hole_elements, Op::Kind::add_elements);
+  // Dispatch last: everything the chains look up for the VM is in place
+  // before any packet can use it.
+  const auto [dispatch, rest] = split_dispatch(p.elements);
+  element_ops(plan, opt_.table, decls, rest, Op::Kind::add_elements);
+  arp_element_ops(plan, opt_.table, p.arp_elements, Op::Kind::add_elements);
+  element_ops(plan, opt_.table, decls, dispatch, Op::Kind::add_elements);
   return plan;
 }
 
 Plan Compiler::plan_remove_parts(const VmParts& p) const {
   Plan plan;
   const std::vector<Set> decls = shared_sets();
-  // Out of "vms" (and the tunnel dispatch) first: from then on the
-  // catch-all drops the VM's packets.
-  std::vector<std::pair<std::string, SetElement>> first;
-  std::vector<std::pair<std::string, SetElement>> rest;
-  for (const auto& el : p.elements) (el.first == "vms" || el.first == "vm_pre" ? first : rest).push_back(el);
-  element_ops(plan, opt_.table, decls, first, Op::Kind::delete_elements);
-  for (const auto& e : p.arp_elements) {
-    Op o;
-    o.kind = Op::Kind::delete_elements;
-    o.family = TableFamily::arp;
-    o.table = opt_.table;
-    o.name = "arp_ok";
-    o.set = make_set("arp_ok", {KeyType::ifname, KeyType::ipv4_addr, KeyType::ether_addr});
-    o.elements = {e};
-    plan.ops.push_back(std::move(o));
-  }
+  // Dispatch first: from then on the catch-all drops the VM's packets.
+  const auto [dispatch, rest] = split_dispatch(p.elements);
+  element_ops(plan, opt_.table, decls, dispatch, Op::Kind::delete_elements);
+  arp_element_ops(plan, opt_.table, p.arp_elements, Op::Kind::delete_elements);
   element_ops(plan, opt_.table, decls, rest, Op::Kind::delete_elements);
   // Holes the kernel already timed out are gone: no error for those.
   element_ops(plan, opt_.table, decls, p.hole_elements, Op::Kind::destroy_elements);
   for (const auto& c : p.chains) {
-    for (Op::Kind k : {Op::Kind::flush_chain, Op::Kind::delete_chain}) {
-      Op o;
-      o.kind = k;
-      o.table = opt_.table;
-      o.name = c.name;
-      plan.ops.push_back(std::move(o));
-    }
+    plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, c.name));
+    plan.ops.push_back(table_op(Op::Kind::delete_chain, opt_.table, c.name));
   }
   // After the vm_quota element that names it.
-  for (const auto& q : p.quotas) {
-    Op o;
-    o.kind = Op::Kind::delete_quota;
-    o.table = opt_.table;
-    o.name = q.name;
-    plan.ops.push_back(std::move(o));
-  }
+  for (const auto& q : p.quotas) plan.ops.push_back(table_op(Op::Kind::delete_quota, opt_.table, q.name));
   return plan;
 }
 
@@ -1076,7 +1067,8 @@ std::string Compiler::vm_text(const VmNet& vm, const std::vector<Hole>& holes, s
   }
   // The chains its packets go through.
   for (auto& c : shared_chains()) {
-    if (c.name == "vm_out" || c.name == level_chain_name(vm.level) || c.name == "vm_in" || c.name == "vm_host") {
+    if (c.name == "vm_out" || c.name == "vm_out_plain" || c.name == level_chain_name(vm.level) || c.name == "vm_in" ||
+        c.name == "vm_host") {
       t.chains.push_back(std::move(c));
     }
   }
