@@ -20,6 +20,7 @@
 #include "netpolicy/ruleset.h"
 #include "tests/integration/harness.h"
 #include "tests/unit/netpolicy/sample_ruleset.h"
+#include "tests/unit/netpolicy/test_vm.h"
 #include "trust/parse.h"
 
 namespace sg::netpolicy {
@@ -138,16 +139,8 @@ TEST_F(NftBackendTest, CompiledTableReplacesItselfAndVmsComeAndGo) {
   Compiler c(*policy, CompileOptions{});
   std::vector<VmNet> vms;
   for (int id = 1; id <= 3; ++id) {
-    VmNet v;
-    v.id = id;
-    v.name = "sg" + std::to_string(id);
-    v.mac = "52:54:00:00:00:0" + std::to_string(id);
-    v.v4 = *IpAddress::parse("198.51.100." + std::to_string(id * 4 + 2));
-    v.gateway4 = *IpAddress::parse("198.51.100." + std::to_string(id * 4 + 1));
-    v.v6 = *IpAddress::parse("2001:db8:5:" + std::to_string(id) + "::2");
-    v.gateway6 = *IpAddress::parse("2001:db8:5:" + std::to_string(id) + "::1");
-    v.level = id == 2 ? trust::TrustLevel::semi_trusted : trust::TrustLevel::untrusted;
-    v.client = {*Prefix::parse("192.0.2.77"), *Prefix::parse("2001:db8:77::/48")};
+    VmNet v = test_vms::vm(id, id == 2 ? trust::TrustLevel::semi_trusted : trust::TrustLevel::untrusted);
+    v.client.push_back(*Prefix::parse("2001:db8:77::/48"));  // a prefix: the interval map too
     vms.push_back(v);
   }
   std::vector<Hole> holes = {

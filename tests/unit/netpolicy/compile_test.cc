@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/unit/netpolicy/test_vm.h"
 #include "trust/parse.h"
 
 namespace sg::netpolicy {
@@ -33,19 +34,7 @@ tcp_syn_only_ports = ["80"]
   return *p;
 }
 
-VmNet vm(std::int64_t id, trust::TrustLevel level) {
-  VmNet v;
-  v.id = id;
-  v.name = "sg" + std::to_string(id);
-  v.mac = "52:54:00:00:00:0" + std::to_string(id);
-  v.v4 = *IpAddress::parse("198.51.100." + std::to_string(id * 4 + 2));
-  v.gateway4 = *IpAddress::parse("198.51.100." + std::to_string(id * 4 + 1));
-  v.v6 = *IpAddress::parse("2001:db8:5:" + std::to_string(id) + "::2");
-  v.gateway6 = *IpAddress::parse("2001:db8:5:" + std::to_string(id) + "::1");
-  v.level = level;
-  v.client = {*Prefix::parse("192.0.2.77")};
-  return v;
-}
+using test_vms::vm;
 
 const Chain* find_chain(const Ruleset& rs, const std::string& name) {
   for (const auto& c : rs.tables[0].chains) {
