@@ -119,15 +119,13 @@ std::vector<ClosedAuthcert> AuthcertService::reverify(std::int64_t now) {
     if (holes) {
       for (const auto& h : *holes) {
         if (h.vm_id != a.vm_id || h.expires <= now) continue;
-        if (auto st = enforcer_.remove_hole(**vm, h); !st) {
+        if (auto st = enforcer_.close_hole(&**vm, h, now, "authcert no longer verifies: " + c.reason); !st) {
           log::error("pki: closing hole " + std::to_string(h.id) + ": " + st.error().describe());
           continue;
         }
-        (void)store_.remove_hole(h.id, now, "authcert no longer verifies: " + c.reason);
         ++c.holes;
       }
     }
-    enforcer_.holes_closed(**vm);
     log::warning("pki: authcert " + a.id + " of " + c.vm + " no longer verifies (" + c.reason + "); closed " +
                  std::to_string(c.holes) + " hole(s)");
     if (audit_) audit_("daemon", "authcert-closed", c.vm, {{"id", c.id}, {"reason", c.reason}, {"holes", c.holes}});
@@ -215,11 +213,8 @@ Result<std::vector<HoleRecord>> AuthcertService::revoke(const std::string& id, s
   std::vector<HoleRecord> closed;
   for (const auto& h : *holes) {
     auto vm = store_.find_active(h.vm_name);
-    if (vm && vm->has_value() && h.expires > now) {
-      if (auto st = enforcer_.remove_hole(**vm, h); !st) return st.error();
-    }
-    (void)store_.remove_hole(h.id, now, "authcert revoked");
-    if (vm && vm->has_value()) enforcer_.holes_closed(**vm);
+    const VmRecord* active = vm && vm->has_value() ? &**vm : nullptr;
+    if (auto st = enforcer_.close_hole(active, h, now, "authcert revoked"); !st) return st.error();
     closed.push_back(h);
   }
   return closed;

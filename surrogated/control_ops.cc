@@ -468,13 +468,10 @@ nlohmann::json Daemon::op_hole_remove(const proto::Request& req, const Peer& pee
   auto it = std::find_if(holes->begin(), holes->end(), [&](const HoleRecord& h) { return h.id == id; });
   if (it == holes->end()) return proto::error_response("not_found", "no open hole " + std::to_string(id));
   auto vm = store_.find_active(it->vm_name);
-  if (vm && vm->has_value()) {
-    if (auto st = enforcer_->remove_hole(**vm, *it); !st) {
-      return proto::error_response("unavailable", st.error().describe());
-    }
+  const VmRecord* active = vm && vm->has_value() ? &**vm : nullptr;
+  if (auto st = enforcer_->close_hole(active, *it, now_unix(), "removed by admin"); !st) {
+    return proto::error_response("unavailable", st.error().describe());
   }
-  (void)store_.remove_hole(id, now_unix(), "removed by admin");
-  if (vm && vm->has_value()) enforcer_->holes_closed(**vm);
   recorder_->forget(it->vm_id);
   recorder_->audit("uid " + std::to_string(peer.uid), "hole-remove", it->vm_name, {{"id", id}});
   log::notice("hole " + std::to_string(id) + " of " + it->vm_name + " removed by admin");

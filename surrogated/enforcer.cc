@@ -171,6 +171,18 @@ Status Enforcer::remove_hole(const VmRecord& vm, const HoleRecord& hole) {
   return {};
 }
 
+Status Enforcer::close_hole(const VmRecord* vm, const HoleRecord& hole, std::int64_t now, const std::string& reason) {
+  const bool live = hole.expires == 0 || hole.expires > now;
+  if (vm != nullptr && live) {
+    if (auto st = remove_hole(*vm, hole); !st) return st;
+  }
+  if (auto st = store_.remove_hole(hole.id, now, reason); !st) {
+    log::error("hole " + std::to_string(hole.id) + " is closed but could not be recorded: " + st.error().describe());
+  }
+  if (vm != nullptr) holes_closed(*vm);
+  return {};
+}
+
 void Enforcer::holes_closed(const VmRecord& vm) {
   if (!hole_shaping_) return;
   if (auto st = hole_shaping_(vm); !st)

@@ -46,6 +46,11 @@ class Enforcer final : public VmObserver, public EventSource {
   // timeout becomes the new one's).
   Status replace_holes(const VmRecord& vm, const std::vector<HoleRecord>& old, const std::vector<HoleRecord>& fresh);
   Status remove_hole(const VmRecord& vm, const HoleRecord& hole);
+  // Closes one hole for good: out of the kernel (unless it expired there
+  // already; `vm` is null when the VM is gone), recorded removed in the
+  // store with `reason`, and the VM's traffic classes refreshed. When the
+  // kernel refuses, nothing is recorded and the error is returned.
+  Status close_hole(const VmRecord* vm, const HoleRecord& hole, std::int64_t now, const std::string& reason);
   // Traffic shaping's part of a hole change (the shaper's refresh_holes):
   // called before a hole's element goes in, so the tc class it names
   // exists first, and again after one is removed.
