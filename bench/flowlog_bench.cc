@@ -53,6 +53,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "bench/bench_main.h"
 #include "common/raii/fd.h"
 #include "netpolicy/conntrack_listener.h"
 #include "surrogated/flow_log.h"
@@ -64,12 +65,6 @@ namespace {
 using netpolicy::ConntrackListener;
 using netpolicy::FlowEvent;
 using Clock = std::chrono::steady_clock;
-
-std::atomic<bool> g_interrupted{false};
-void on_signal(int /*sig*/) { g_interrupted = true; }
-void check_interrupt() {
-  if (g_interrupted) throw std::runtime_error("interrupted");
-}
 
 struct Options {
   std::string prefix = "sgflb" + std::to_string(getpid());
@@ -932,17 +927,5 @@ int main(int argc, char** argv) {
     std::cerr << "flowlog_bench: needs root (network namespaces); run bench/run-flowlog-bench\n";
     return 2;
   }
-  std::signal(SIGINT, sg::bench::on_signal);
-  std::signal(SIGTERM, sg::bench::on_signal);
-  std::signal(SIGHUP, sg::bench::on_signal);
-  int rc = 1;
-  try {
-    rc = sg::bench::run(o);
-  } catch (const std::exception& e) {
-    std::cerr << "flowlog_bench: " << e.what() << "\n";
-    rc = 1;
-  }
-  // Whatever happened, leave no namespace behind.
-  sg::test::remove_netns_with_prefix(o.prefix + "-");
-  return rc;
+  return sg::bench::run_main("flowlog_bench", o.prefix, [&] { return sg::bench::run(o); });
 }

@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_main.h"
 #include "common/raii/fd.h"
 #include "netpolicy/compile.h"
 #include "netpolicy/nft_backend.h"
@@ -55,12 +56,6 @@ using netpolicy::NftBackend;
 using netpolicy::Plan;
 using netpolicy::VmNet;
 using Clock = std::chrono::steady_clock;
-
-std::atomic<bool> g_interrupted{false};
-void on_signal(int /*sig*/) { g_interrupted = true; }
-void check_interrupt() {
-  if (g_interrupted) throw std::runtime_error("interrupted");
-}
 
 struct Options {
   std::string prefix = "sgbench" + std::to_string(getpid());
@@ -814,18 +809,5 @@ int main(int argc, char** argv) {
     std::cerr << "nft_bench: needs root (network namespaces); run bench/run-nft-bench\n";
     return 2;
   }
-  std::signal(SIGINT, sg::bench::on_signal);
-  std::signal(SIGTERM, sg::bench::on_signal);
-  std::signal(SIGHUP, sg::bench::on_signal);
-  int rc = 1;
-  try {
-    rc = sg::bench::run(o);
-  } catch (const std::exception& e) {
-    std::cerr << "nft_bench: " << e.what() << "\n";
-    rc = 1;
-  }
-  // Whatever happened, leave no namespace behind (the RAII owners already
-  // removed theirs; this catches anything left by an interrupted setup).
-  sg::test::remove_netns_with_prefix(o.prefix + "-");
-  return rc;
+  return sg::bench::run_main("nft_bench", o.prefix, [&] { return sg::bench::run(o); });
 }
