@@ -676,11 +676,16 @@ std::vector<Chain> Compiler::shared_chains() const {
       rule({from_tap, in_set({Field::iifname, Field::ether_saddr}, "vm_mac")}, {go_to("vm_out")}, "packets from a VM"));
   forward.rules.push_back(rule({from_tap, in_set({Field::iifname}, "vms")}, {go_to(drop_chain("spoof-mac"))},
                                "drop frames from a VM not from its own MAC"));
+  // Any other tap, before packets are dispatched by their destination: a
+  // VM's inbound chain admits its client's address, which a tap without
+  // rules could claim. (Tunnel devices are under the same prefix; the
+  // first rule lets out of them only what goes to their own VM.)
+  Match not_tunnel = ifname_wildcard(Field::iifname, opt_.iface_prefix + "t");
+  not_tunnel.op = Match::Op::not_prefix;
+  forward.rules.push_back(rule({from_tap, not_tunnel}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+                               "fail closed: a VM interface without rules sends nothing"));
   forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix), in_set({Field::oifname}, "vms")},
                                {go_to("vm_in")}, "packets to a VM"));
-  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
-                               {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
-                               "fail closed: a VM interface without rules sends nothing"));
   forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix)},
                                {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules receives nothing"));

@@ -220,6 +220,63 @@ TEST_F(EnforcementTest, ArpAndNeighbourDiscoveryOnlyForTheVmsOwnAddress) {
   EXPECT_TRUE(eventually(gw6));
 }
 
+// A tap that appears before its rules (or one nobody registered) sends
+// nothing, not even to a VM with that VM's client's address as its source:
+// the inbound chain of a VM trusts its client, so an unknown tap must be
+// dropped before packets are dispatched by their destination.
+TEST_F(EnforcementTest, ATapWithoutRulesReachesNoVmNotEvenAsItsClient) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  const std::string vm4 = t.ctl_json({"show", vm})["ipv4"];
+  // The guest counts UDP datagrams to port 9999.
+  for (std::vector<std::string> cmd : {
+           std::vector<std::string>{"nft", "add", "table", "inet", "probe"},
+           std::vector<std::string>{"nft", "add", "counter", "inet", "probe", "hits"},
+           std::vector<std::string>{"nft", "add", "chain", "inet", "probe", "in", "{", "type", "filter", "hook",
+                                    "input", "priority", "0", ";", "}"},
+           std::vector<std::string>{"nft", "add", "rule", "inet", "probe", "in", "udp", "dport", "9999", "counter",
+                                    "name", "hits"},
+       }) {
+    ASSERT_EQ(t.in_guest(vm, cmd).code, 0);
+  }
+  // A rogue namespace behind a tap-like interface with no rules, claiming
+  // the client's address. No ARP (static neighbour) and no reverse-path
+  // filter in the way: only the rules decide.
+  test::Netns rogue(t.host_ns() + "-rogue");
+  const std::string tap = "sg9999";
+  ASSERT_EQ(
+      t.in_ns(t.host_ns(), {"ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", rogue.name()})
+          .code,
+      0);
+  t.in_ns(t.host_ns(), {"ip", "link", "set", tap, "up"});
+  t.in_ns(t.host_ns(), {"sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"});
+  t.in_ns(t.host_ns(), {"sysctl", "-qw", "net.ipv4.conf." + tap + ".rp_filter=0"});
+  t.in_ns(t.host_ns(), {"sysctl", "-qw", "net.ipv4.conf." + tap + ".forwarding=1"});
+  const std::string link = t.in_ns(t.host_ns(), {"ip", "-o", "link", "show", tap}).out;
+  const auto at = link.find("link/ether ");
+  ASSERT_NE(at, std::string::npos) << link;
+  const std::string host_mac = link.substr(at + 11, 17);
+  rogue.exec({"ip", "link", "set", "lo", "up"});
+  rogue.exec({"ip", "link", "set", "eth0", "up"});
+  rogue.exec({"ip", "addr", "add", t.client.v4 + "/32", "dev", "eth0"});
+  rogue.exec({"ip", "route", "add", vm4 + "/32", "dev", "eth0"});
+  rogue.exec({"ip", "neigh", "replace", vm4, "lladdr", host_mac, "dev", "eth0"});
+  const std::uint64_t before = t.drop_counter("sg? no-chain");
+  for (int i = 0; i < 5; ++i) {
+    rogue.exec({"bash", "-c", "echo spoof > /dev/udp/" + vm4 + "/9999"});
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto hits = t.in_guest(vm, {"nft", "list", "counter", "inet", "probe", "hits"});
+  EXPECT_NE(hits.out.find("packets 0 "), std::string::npos) << "the VM received from a tap without rules:\n"
+                                                            << hits.out;
+  EXPECT_GE(t.drop_counter("sg? no-chain"), before + 5) << "dropped as a tap without rules";
+  // The same datagram from the client itself arrives (the probe works).
+  t.in_ns(t.client.ns, {"bash", "-c", "echo hello > /dev/udp/" + vm4 + "/9999"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  hits = t.in_guest(vm, {"nft", "list", "counter", "inet", "probe", "hits"});
+  EXPECT_NE(hits.out.find("packets 1 "), std::string::npos) << hits.out;
+}
+
 TEST_F(EnforcementTest, FragmentsAndIpOptions) {
   std::string vm = allocate(untrusted_key_);
   auto& t = *topo_;
