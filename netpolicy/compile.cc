@@ -124,6 +124,13 @@ constexpr std::uint8_t kIpProtoGre = 47;
 Statement go_to(const std::string& chain) { return Verdict{Verdict::Kind::go_to, chain}; }
 Statement ret() { return Verdict{Verdict::Kind::ret, ""}; }
 
+// An established flow that its level accepted as plain (kPlainFlowMark) and
+// not as a SYN-only probe.
+std::vector<Match> established_plain() {
+  return {ct_state(kCtEstablished),
+          masked(Field::ct_mark, host32_bytes(kSynOnlyMark | kPlainFlowMark), host32_bytes(kPlainFlowMark))};
+}
+
 KeyType addr_type(Family f) { return f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr; }
 
 Set make_set(const std::string& name, std::vector<KeyType> key) {
@@ -216,7 +223,24 @@ Rule Compiler::drop_rule(std::vector<Match> matches, const std::string& reason, 
   return rule(std::move(matches), {go_to(drop_chain(reason))}, why);
 }
 
+Rule Compiler::block_rule(Family f) const {
+  return drop_rule({nfproto(f), in_set({daddr(f)}, std::string("block") + sfx(f))}, "blocked",
+                   "drop destinations on the owner's block list (guardrail)");
+}
+
+// A VM without a quota has no element: the rule never matches.
+Rule Compiler::quota_rule() const {
+  return rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, go_to(drop_chain("quota"))}, "daily byte quota used up");
+}
+
 std::vector<Set> Compiler::shared_sets() const {
+  std::vector<Set> sets = policy_sets();
+  std::vector<Set> per_vm = vm_sets();
+  sets.insert(sets.end(), std::make_move_iterator(per_vm.begin()), std::make_move_iterator(per_vm.end()));
+  return sets;
+}
+
+std::vector<Set> Compiler::policy_sets() const {
   const auto& g = policy_.guardrails;
   std::vector<Set> sets;
   for (Family f : {Family::v4, Family::v6}) {
@@ -247,7 +271,11 @@ std::vector<Set> Compiler::shared_sets() const {
       sets.push_back(std::move(s));
     }
   }
+  return sets;
+}
 
+std::vector<Set> Compiler::vm_sets() const {
+  std::vector<Set> sets;
   // What makes each VM itself, keyed by its interface name.
   Set vms = make_set("vms", {KeyType::ifname});
   sets.push_back(vms);
@@ -389,10 +417,9 @@ Chain Compiler::out_chain() const {
                         "drop IPv6 fragments that escaped reassembly"));
   // Established plain TCP and UDP flows (kPlainFlowMark): the short path.
   for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
-    r.push_back(
-        rule({l4proto(proto), ct_state(kCtEstablished),
-              masked(Field::ct_mark, host32_bytes(kSynOnlyMark | kPlainFlowMark), host32_bytes(kPlainFlowMark))},
-             {go_to("vm_out_plain")}, "established plain flows: the short path"));
+    std::vector<Match> ms = established_plain();
+    ms.insert(ms.begin(), l4proto(proto));
+    r.push_back(rule(std::move(ms), {go_to("vm_out_plain")}, "established plain flows: the short path"));
   }
   // 4. GRE from the guest itself: no tunnel inside the tunnel, and no GRE
   // that could pass for the host's own to the client's endpoint. Only
@@ -411,8 +438,7 @@ Chain Compiler::out_chain() const {
     r.push_back(drop_rule({nfproto(f), in_set({daddr(f)}, std::string("reserved") + sfx(f)),
                            in_set({daddr(f)}, std::string("allow_reserved") + sfx(f), true)},
                           "reserved", "drop reserved and bogon destinations (guardrail)"));
-    r.push_back(drop_rule({nfproto(f), in_set({daddr(f)}, std::string("block") + sfx(f))}, "blocked",
-                          "drop destinations on the owner's block list (guardrail)"));
+    r.push_back(block_rule(f));
   }
   for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
     r.push_back(
@@ -434,8 +460,7 @@ Chain Compiler::out_chain() const {
   }
   // 7. Daily byte quota: counts everything but the client. A VM without a
   // quota has no element: the rule never matches.
-  r.push_back(
-      rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, go_to(drop_chain("quota"))}, "daily byte quota used up"));
+  r.push_back(quota_rule());
   // 8. Authorized nodes: for every level.
   for (Family f : {Family::v4, Family::v6}) {
     for (bool range : {false, true}) {
@@ -580,9 +605,7 @@ Chain Compiler::in_chain() const {
     r.push_back(rule({}, {PriorityMap{{Field::oifname}, "vm_class"}}, "shape as everything else"));
   }
   // Replies of plain flows are in the default class: accept them now.
-  r.push_back(rule({ct_state(kCtEstablished),
-                    masked(Field::ct_mark, host32_bytes(kSynOnlyMark | kPlainFlowMark), host32_bytes(kPlainFlowMark))},
-                   {accept()}, "replies of plain flows"));
+  r.push_back(rule(established_plain(), {accept()}, "replies of plain flows"));
   if (opt_.shaping) {
     for (Family f : {Family::v4, Family::v6}) {
       for (bool range : {false, true}) {
@@ -699,12 +722,8 @@ std::vector<Chain> Compiler::shared_chains() const {
   // on established flows too (block list, quota), then accept. Its class is
   // the VM's default one, set before the jump.
   Chain plain{"vm_out_plain", std::nullopt, {}};
-  for (Family f : {Family::v4, Family::v6}) {
-    plain.rules.push_back(drop_rule({nfproto(f), in_set({daddr(f)}, std::string("block") + sfx(f))}, "blocked",
-                                    "drop destinations on the owner's block list (guardrail)"));
-  }
-  plain.rules.push_back(
-      rule({}, {QuotaMap{{Field::iifname}, "vm_quota"}, go_to(drop_chain("quota"))}, "daily byte quota used up"));
+  for (Family f : {Family::v4, Family::v6}) plain.rules.push_back(block_rule(f));
+  plain.rules.push_back(quota_rule());
   plain.rules.push_back(rule({}, {accept()}, "an established plain flow"));
   chains.push_back(std::move(plain));
   // Reached only by packets from a VM that are not from its own address.
@@ -909,7 +928,7 @@ std::pair<NamedElements, NamedElements> split_dispatch(const NamedElements& all)
 
 Plan Compiler::plan_add_parts(const VmParts& p) const {
   Plan plan;
-  const std::vector<Set> decls = shared_sets();
+  const std::vector<Set> decls = vm_sets();
   for (const auto& q : p.quotas) {
     Op o = table_op(Op::Kind::add_quota, opt_.table, q.name);
     o.quota = q;
@@ -932,7 +951,7 @@ Plan Compiler::plan_add_parts(const VmParts& p) const {
 
 Plan Compiler::plan_remove_parts(const VmParts& p) const {
   Plan plan;
-  const std::vector<Set> decls = shared_sets();
+  const std::vector<Set> decls = vm_sets();
   // Dispatch first: from then on the catch-all drops the VM's packets.
   const auto [dispatch, rest] = split_dispatch(p.elements);
   element_ops(plan, opt_.table, decls, dispatch, Op::Kind::delete_elements);
@@ -951,7 +970,7 @@ Plan Compiler::plan_remove_parts(const VmParts& p) const {
 
 Plan Compiler::plan_add_hole(const VmNet& vm, const Hole& hole, std::int64_t now) const {
   Plan plan;
-  if (auto h = hole_element(vm, hole, now)) element_ops(plan, opt_.table, shared_sets(), {*h}, Op::Kind::add_elements);
+  if (auto h = hole_element(vm, hole, now)) element_ops(plan, opt_.table, vm_sets(), {*h}, Op::Kind::add_elements);
   return plan;
 }
 
@@ -1035,7 +1054,7 @@ Plan Compiler::plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const 
 
 Plan Compiler::plan_update_block_list() const {
   Plan plan;
-  for (const auto& s : shared_sets()) {
+  for (const auto& s : policy_sets()) {
     if (s.name.rfind("block", 0) != 0) continue;
     Op flush;
     flush.kind = Op::Kind::flush_set;
@@ -1061,7 +1080,7 @@ std::string Compiler::vm_text(const VmNet& vm, const std::vector<Hole>& holes, s
   t.name = opt_.table;
   t.quotas = p.quotas;
   // Its elements, in the sets they belong to.
-  for (auto s : shared_sets()) {
+  for (auto s : vm_sets()) {
     s.elements.clear();
     for (const auto* list : {&p.elements, &p.hole_elements}) {
       for (const auto& [set, e] : *list) {

@@ -170,13 +170,20 @@ class Compiler {
   [[nodiscard]] Chain tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const;
   // The tunnel's chain and its dispatch/guard elements (set name -> element).
   void add_tunnel_parts(VmParts& p, const VmNet& vm, const TunnelNet& tunnel) const;
-  // Every set of the inet table, without the VMs' elements.
+  // Every set of the inet table, without the VMs' elements: the policy's
+  // own (guardrails, allowlists, with their elements) and the per-VM ones
+  // (declarations only, which is all a VM's or a hole's plan needs).
   [[nodiscard]] std::vector<Set> shared_sets() const;
+  [[nodiscard]] std::vector<Set> policy_sets() const;
+  [[nodiscard]] std::vector<Set> vm_sets() const;
   [[nodiscard]] std::uint32_t hole_class(const VmNet& vm, const Hole& hole) const;
   // The map a hole goes to (exact ones hash, ranges interval) and its element.
   [[nodiscard]] std::optional<std::pair<std::string, SetElement>> hole_element(const VmNet& vm, const Hole& hole,
                                                                                std::int64_t now) const;
   [[nodiscard]] Rule drop_rule(std::vector<Match> matches, const std::string& reason, const std::string& why) const;
+  // The guardrails a flow meets on every packet (vm_out and its short path).
+  [[nodiscard]] Rule block_rule(Family f) const;
+  [[nodiscard]] Rule quota_rule() const;
 
   const trust::Policy& policy_;
   CompileOptions opt_;

@@ -233,14 +233,24 @@ class RuleBuilder {
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_OP, NFT_EXTHDR_OP_IPV6);
     add(std::move(e));
   }
-  void bitwise(std::uint32_t reg, const Bytes& mask) {
+  // reg = (reg & mask) ^ xor_value (no xor: zeros).
+  void bitwise(std::uint32_t reg, const Bytes& mask, const Bytes& xor_value = {}) {
     auto e = make("bitwise");
-    Bytes zero(mask.size(), 0);
+    const Bytes xv = xor_value.empty() ? Bytes(mask.size(), 0) : xor_value;
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_SREG, reg);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_DREG, reg);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_LEN, static_cast<std::uint32_t>(mask.size()));
     nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_MASK, mask.data(), static_cast<std::uint32_t>(mask.size()));
-    nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, zero.data(), static_cast<std::uint32_t>(zero.size()));
+    nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, xv.data(), static_cast<std::uint32_t>(xv.size()));
+    add(std::move(e));
+  }
+  // `update @set { <key in NFT_REG_1...> <expr> }`; takes the expression.
+  void dynset_update(const std::string& set, nft::Expr expr) {
+    auto e = make("dynset");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+    nftnl_expr_set_str(e.get(), NFTNL_EXPR_DYNSET_SET_NAME, set.c_str());
+    nftnl_expr_set(e.get(), NFTNL_EXPR_DYNSET_EXPR, expr.release(), 0);
     add(std::move(e));
   }
   void cmp(std::uint32_t reg, std::uint32_t op, const Bytes& data) {
@@ -660,15 +670,7 @@ class RuleCompiler {
   Status compile_statement(const CtMarkOr& c) {
     // As nft: load, (mark & ~bits) ^ bits, store.
     b_.ct_load(NFT_CT_MARK, NFT_REG_1);
-    auto e = RuleBuilder::make("bitwise");
-    const Bytes mask = host32_bytes(~c.bits);
-    const Bytes xorv = host32_bytes(c.bits);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_LEN, 4);
-    nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_MASK, mask.data(), 4);
-    nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, xorv.data(), 4);
-    b_.add(std::move(e));
+    b_.bitwise(NFT_REG_1, host32_bytes(~c.bits), host32_bytes(c.bits));
     b_.ct_store(NFT_CT_MARK, NFT_REG_1);
     return {};
   }
@@ -686,12 +688,7 @@ class RuleCompiler {
     if (u.tag.empty() || u.tag.size() > 15) return make_error("a counter tag must have 1 to 15 bytes: " + u.tag);
     load(u.key, NFT_REG_1);
     b_.immediate_data(NFT_REG32_00 + 4, ifname_bytes(u.tag));
-    auto e = RuleBuilder::make("dynset");
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
-    nftnl_expr_set_str(e.get(), NFTNL_EXPR_DYNSET_SET_NAME, u.set.c_str());
-    nftnl_expr_set(e.get(), NFTNL_EXPR_DYNSET_EXPR, RuleBuilder::make("counter").release(), 0);
-    b_.add(std::move(e));
+    b_.dynset_update(u.set, RuleBuilder::make("counter"));
     return {};
   }
   Status compile_statement(const MeterUpdate& u) {
@@ -711,13 +708,7 @@ class RuleCompiler {
       }
       b_.bitwise(reg, mask);
     }
-    auto e = RuleBuilder::make("dynset");
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
-    nftnl_expr_set_str(e.get(), NFTNL_EXPR_DYNSET_SET_NAME, u.set.c_str());
-    // The dynset expression takes ownership of the embedded limit.
-    nftnl_expr_set(e.get(), NFTNL_EXPR_DYNSET_EXPR, make_limit(u.limit).release(), 0);
-    b_.add(std::move(e));
+    b_.dynset_update(u.set, make_limit(u.limit));
     return {};
   }
   Status compile_statement(const Verdict& v) {

@@ -19,6 +19,18 @@ class StateStoreTest : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string db() const { return dir_ + "/state.db"; }
 
+  // An open hole of VM 1 from authcert "a1", until 5000.
+  static HoleRecord authcert_hole() {
+    HoleRecord h;
+    h.vm_id = 1;
+    h.vm_name = "sg1";
+    h.destination = "203.0.113.18/32";
+    h.expires = 5000;
+    h.origin = "authcert";
+    h.authcert_id = "a1";
+    return h;
+  }
+
   static VmRecord vm(int slot, const std::string& owner) {
     VmRecord v;
     v.owner_fp = owner;
@@ -130,13 +142,7 @@ TEST_F(StateStoreTest, HoleRatesAndClassesRoundTripAndOldStoresGainTheColumns) {
   ASSERT_EQ(holes->size(), 1U);  // kept through the upgrade
   EXPECT_EQ((*holes)[0].rate_bps, 0U);
   EXPECT_EQ((*holes)[0].tc_minor, 0U);
-  HoleRecord rated;
-  rated.vm_id = 1;
-  rated.vm_name = "sg1";
-  rated.destination = "203.0.113.18/32";
-  rated.expires = 5000;
-  rated.origin = "authcert";
-  rated.authcert_id = "a1";
+  HoleRecord rated = authcert_hole();
   rated.rate_bps = 3'000'000;
   rated.tc_minor = 0x8001;
   ASSERT_TRUE(s->insert_hole(rated).ok());
@@ -157,13 +163,7 @@ TEST_F(StateStoreTest, HoleRatesAndClassesRoundTripAndOldStoresGainTheColumns) {
 TEST_F(StateStoreTest, AuthcertBodiesAreKeptWhileTheirHolesAreOpen) {
   auto s = StateStore::open(db());
   ASSERT_TRUE(s.ok()) << s.error().describe();
-  HoleRecord h;
-  h.vm_id = 1;
-  h.vm_name = "sg1";
-  h.destination = "203.0.113.18/32";
-  h.expires = 5000;
-  h.origin = "authcert";
-  h.authcert_id = "a1";
+  HoleRecord h = authcert_hole();
   ASSERT_TRUE(s->insert_hole(h).ok());
   const std::string der{'\x30', '\x82', '\0', '\x01', 'b', 'i', 'n'};  // bytes with a NUL survive
   ASSERT_TRUE(s->record_authcert_body("a1", 1, der, 1000).ok());
