@@ -153,7 +153,47 @@ std::vector<KeyType> hole_key(Family f) {
   return {KeyType::ifname, addr_type(f), KeyType::inet_proto, KeyType::inet_service};
 }
 std::vector<Field> hole_fields(Family f) { return {Field::iifname, daddr(f), Field::l4proto, Field::th_dport}; }
-std::string hole_map(Family f, bool range) { return std::string("holes") + sfx(f) + (range ? "_range" : ""); }
+
+// Where a hole goes. One protocol, one port and a prefix of a common length
+// (a host, an IPv4 /24 or /16, an IPv6 /64, /56 or /48): a hash map of that
+// length, keyed by the destination masked to it, whose inserts and deletes
+// cost the same at any size. Everything else (port ranges, any protocol,
+// other lengths): the interval map (pipapo), whose deletes scan the whole
+// map (docs/performance.md). prefix_len 0 names the interval map.
+struct HoleMap {
+  Family family = Family::v4;
+  int prefix_len = 0;
+};
+constexpr int kHashedHoleLengthsV4[] = {32, 24, 16};
+constexpr int kHashedHoleLengthsV6[] = {128, 64, 56, 48};
+std::vector<HoleMap> hole_maps(Family f) {
+  std::vector<HoleMap> maps;
+  if (f == Family::v4) {
+    for (int len : kHashedHoleLengthsV4) maps.push_back({f, len});
+  } else {
+    for (int len : kHashedHoleLengthsV6) maps.push_back({f, len});
+  }
+  maps.push_back({f, 0});
+  return maps;
+}
+int full_length(Family f) { return f == Family::v4 ? 32 : 128; }
+// holes_v4 (hosts), holes_v4_p24, holes_v4_range.
+std::string hole_map_name(const HoleMap& m) {
+  std::string name = std::string("holes") + sfx(m.family);
+  if (m.prefix_len == 0) return name + "_range";
+  if (m.prefix_len == full_length(m.family)) return name;
+  return name + "_p" + std::to_string(m.prefix_len);
+}
+// The key's prefix lengths: the destination masked to the map's length.
+std::vector<int> hole_key_prefix(const HoleMap& m) {
+  if (m.prefix_len == 0 || m.prefix_len == full_length(m.family)) return {};
+  return {0, m.prefix_len};
+}
+Match hole_lookup(const HoleMap& m) {
+  Match x = in_set(hole_fields(m.family), hole_map_name(m));
+  x.key_prefix_lens = hole_key_prefix(m);
+  return x;
+}
 // dev: iifname (from the VM) or oifname (to it); addr: the client's side.
 std::vector<Field> client_fields(Field dev, Field addr) { return {dev, addr}; }
 std::string client_map(Family f, bool range) { return std::string("vm_client") + sfx(f) + (range ? "_range" : ""); }
@@ -311,9 +351,9 @@ std::vector<Set> Compiler::vm_sets() const {
   // Holes: exact ones (one address, one protocol, one port) in a hash map
   // whose changes cost the same at any size; the rest in an interval map.
   for (Family f : {Family::v4, Family::v6}) {
-    for (bool range : {false, true}) {
-      Set h = make_set(hole_map(f, range), hole_key(f));
-      h.interval = range;
+    for (const HoleMap& m : hole_maps(f)) {
+      Set h = make_set(hole_map_name(m), hole_key(f));
+      h.interval = m.prefix_len == 0;
       h.timeout = true;
       // With shaping, a map to each hole's tc class (docs/shaping.md).
       if (opt_.shaping) h.data_type = KeyType::classid;
@@ -364,12 +404,24 @@ std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const V
                                                                          std::int64_t now) const {
   const Family f = hole.destination.family();
   const bool ported = hole.protocol == IPPROTO_TCP || hole.protocol == IPPROTO_UDP;
-  const bool exact =
-      hole.destination.length >= hole.destination.address.bit_length() && ported && hole.ports.first == hole.ports.last;
+  HoleMap map{f, 0};
+  if (ported && hole.ports.first == hole.ports.last) {
+    for (const HoleMap& m : hole_maps(f)) {
+      if (m.prefix_len == hole.destination.length) map = m;
+    }
+  }
+  const bool exact = map.prefix_len != 0;
   SetElement e;
   e.key.push_back({ifname_bytes(vm.name), {}});
-  SetElement dest = prefix_element(hole.destination);
-  e.key.push_back(dest.key[0]);
+  if (exact) {
+    // The network address: what the rule's masked destination equals.
+    Bytes network = address_bytes(hole.destination.address);
+    const Bytes mask = prefix_mask(network.size(), map.prefix_len);
+    for (std::size_t i = 0; i < network.size(); ++i) network[i] &= mask[i];
+    e.key.push_back({std::move(network), {}});
+  } else {
+    e.key.push_back(prefix_element(hole.destination).key[0]);
+  }
   if (exact) {
     e.key.push_back({u8_bytes(hole.protocol), {}});
     e.key.push_back({be16_bytes(hole.ports.first), {}});
@@ -384,7 +436,7 @@ std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const V
   if (hole.expires > 0) e.timeout_ms = static_cast<std::uint64_t>(std::max<std::int64_t>(1, hole.expires - now)) * 1000;
   e.comment = "hole " + std::to_string(hole.id);
   if (opt_.shaping) e.data = host32_bytes(hole_class(vm, hole));
-  return std::pair{hole_map(f, !exact), std::move(e)};
+  return std::pair{hole_map_name(map), std::move(e)};
 }
 
 Chain Compiler::out_chain() const {
@@ -463,15 +515,13 @@ Chain Compiler::out_chain() const {
   r.push_back(quota_rule());
   // 8. Authorized nodes: for every level.
   for (Family f : {Family::v4, Family::v6}) {
-    for (bool range : {false, true}) {
-      const std::vector<Field> key = hole_fields(f);
-      const std::string map = hole_map(f, range);
+    for (const HoleMap& m : hole_maps(f)) {
       if (opt_.shaping) {
         // The lookup both authorizes and picks the hole's tc class.
-        r.push_back(rule({nfproto(f)}, {PriorityMap{key, map}, accept()},
+        r.push_back(rule({nfproto(f)}, {PriorityMap{hole_fields(f), hole_map_name(m), hole_key_prefix(m)}, accept()},
                          "nodes that signed an authcert for this client, each in its class"));
       } else {
-        r.push_back(rule({nfproto(f), in_set(key, map)}, {accept()}, "nodes that signed an authcert for this client"));
+        r.push_back(rule({nfproto(f), hole_lookup(m)}, {accept()}, "nodes that signed an authcert for this client"));
       }
     }
   }
@@ -1009,9 +1059,8 @@ Chain Compiler::tunnel_chain(const VmNet& vm, const TunnelNet& tunnel) const {
     }
   }
   for (Family f : {Family::v4, Family::v6}) {
-    for (bool range : {false, true}) {
-      r.push_back(
-          rule({nfproto(f), in_set(hole_fields(f), hole_map(f, range))}, {ret()}, n + ": authorized nodes: direct"));
+    for (const HoleMap& m : hole_maps(f)) {
+      r.push_back(rule({nfproto(f), hole_lookup(m)}, {ret()}, n + ": authorized nodes: direct"));
     }
   }
   r.push_back(rule({}, {MarkSet{tunnel_mark(vm.id)}},

@@ -391,22 +391,42 @@ class RuleCompiler {
   }
 
   // Loads a set key (one field, or a concatenation) into NFT_REG_1 onwards.
-  Status load_key(const std::vector<Field>& fields, const std::string& set) {
+  // A field with a prefix length is masked to it in its register, as nft
+  // does for `(ip daddr & 255.255.255.0)`.
+  Status load_key(const std::vector<Field>& fields, const std::string& set, const std::vector<int>& prefix_lens = {}) {
     if (fields.empty()) return make_error("a lookup in set '" + set + "' has no key");
+    if (prefix_lens.size() > fields.size()) {
+      return make_error("a lookup in set '" + set + "' has more prefix lengths than key fields");
+    }
     for (Field x : fields) {
       if (auto st = check_family(x); !st) return st;
       dependencies(x);
     }
+    auto mask = [&](std::size_t i, std::uint32_t reg) -> Status {
+      const int bits = i < prefix_lens.size() ? prefix_lens[i] : 0;
+      const auto len = field_spec(fields[i]).len;
+      if (bits == 0 || bits == static_cast<int>(len * 8)) return {};
+      const Field x = fields[i];
+      if ((x != Field::ip_saddr && x != Field::ip_daddr && x != Field::ip6_saddr && x != Field::ip6_daddr) ||
+          bits < 0 || bits > static_cast<int>(len * 8)) {
+        return make_error("a lookup in set '" + set + "' masks '" + field_name(x) + "' to " + std::to_string(bits) +
+                          " bits (only addresses can be masked, to at most their width)");
+      }
+      b_.bitwise(reg, prefix_mask(len, bits));
+      return {};
+    };
     if (fields.size() == 1) {
       load(fields[0], NFT_REG_1);
-      return {};
+      return mask(0, NFT_REG_1);
     }
     std::uint32_t word = 0;
-    for (Field x : fields) {
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      const Field x = fields[i];
       auto sx = field_spec(x);
       const std::uint32_t reg = word == 0 ? static_cast<std::uint32_t>(NFT_REG_1) : NFT_REG32_00 + word;
       if (word + round4(sx.len) / 4 > 16) return make_error("concatenation longer than the 64 register bytes");
       load(x, reg);
+      if (auto st = mask(i, reg); !st) return st;
       // nft 1.0.6 converts meta l4proto to network order inside a
       // concatenated interval lookup; a 1-byte no-op, kept so both
       // loaders leave the same bytecode.
@@ -557,7 +577,7 @@ class RuleCompiler {
       case Op::not_in_set:
       case Op::vmap: {
         if (m.set.empty()) return make_error("a set lookup on '" + what + "' names no set");
-        if (auto st = load_key(m.fields, m.set); !st) return st;
+        if (auto st = load_key(m.fields, m.set, m.key_prefix_lens); !st) return st;
         b_.lookup(NFT_REG_1, m.set, m.op == Op::not_in_set, m.op == Op::vmap);
         return {};
       }
@@ -647,14 +667,14 @@ class RuleCompiler {
     return {};
   }
   Status compile_statement(const PriorityMap& p) {
-    if (auto st = map_value(p.fields, p.map); !st) return st;
+    if (auto st = map_value(p.fields, p.map, p.key_prefix_lens); !st) return st;
     b_.meta_store(NFT_META_PRIORITY, NFT_REG_1);
     return {};
   }
   // Looks the key up in `map` and leaves the value in NFT_REG_1.
-  Status map_value(const std::vector<Field>& fields, const std::string& map) {
+  Status map_value(const std::vector<Field>& fields, const std::string& map, const std::vector<int>& prefix_lens = {}) {
     if (map.empty()) return make_error("a map lookup names no map");
-    if (auto st = load_key(fields, map); !st) return st;
+    if (auto st = load_key(fields, map, prefix_lens); !st) return st;
     auto e = RuleBuilder::make("lookup");
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
     nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, map.c_str());
@@ -701,13 +721,7 @@ class RuleCompiler {
     if (u.by_iifname) load(Field::iifname, NFT_REG_1);
     load(u.key, reg);
     const auto bits = static_cast<int>(spec.len * 8);
-    if (u.key_prefix_len > 0 && u.key_prefix_len < bits) {
-      Bytes mask(spec.len, 0);
-      for (int bit = 0; bit < u.key_prefix_len; ++bit) {
-        mask[static_cast<std::size_t>(bit / 8)] |= static_cast<std::uint8_t>(0x80U >> static_cast<unsigned>(bit % 8));
-      }
-      b_.bitwise(reg, mask);
-    }
+    if (u.key_prefix_len > 0 && u.key_prefix_len < bits) b_.bitwise(reg, prefix_mask(spec.len, u.key_prefix_len));
     b_.dynset_update(u.set, make_limit(u.limit));
     return {};
   }

@@ -9,6 +9,14 @@
 
 namespace sg::netpolicy {
 
+Bytes prefix_mask(std::size_t len, int prefix_len) {
+  Bytes m(len, 0);
+  for (int bit = 0; bit < prefix_len && bit < static_cast<int>(len * 8); ++bit) {
+    m[static_cast<std::size_t>(bit / 8)] |= static_cast<std::uint8_t>(0x80U >> static_cast<unsigned>(bit % 8));
+  }
+  return m;
+}
+
 Bytes ifname_bytes(const std::string& name) {
   Bytes b(16, 0);
   // IFNAMSIZ includes the terminating zero, so at most 15 characters fit.
@@ -282,27 +290,28 @@ std::string tcp_mask_text(std::uint8_t mask) {
   return count > 0 ? "(" + s + ")" : s;
 }
 
-std::string concat_selector(const std::vector<Field>& fields) {
+// `iifname . (ip daddr & 255.255.255.0) . th dport`: a masked field is
+// parenthesized (nft 1.0.6 needs that to parse it back).
+std::string concat_selector(const std::vector<Field>& fields, const std::vector<int>& prefix_lens = {}) {
   std::string s;
   for (std::size_t i = 0; i < fields.size(); ++i) {
     if (i > 0) s += " . ";
-    s += selector(fields[i]);
+    const int bits = i < prefix_lens.size() ? prefix_lens[i] : 0;
+    const bool v4 = fields[i] == Field::ip_saddr || fields[i] == Field::ip_daddr;
+    const bool v6 = fields[i] == Field::ip6_saddr || fields[i] == Field::ip6_daddr;
+    if (bits > 0 && ((v4 && bits < 32) || (v6 && bits < 128))) {
+      s += "(" + selector(fields[i]) + " & " + format_address(prefix_mask(v6 ? 16 : 4, bits)) + ")";
+    } else {
+      s += selector(fields[i]);
+    }
   }
   return s;
-}
-
-Bytes prefix_mask(std::size_t len, int prefix_len) {
-  Bytes m(len, 0);
-  for (int bit = 0; bit < prefix_len && bit < static_cast<int>(len * 8); ++bit) {
-    m[static_cast<std::size_t>(bit / 8)] |= static_cast<std::uint8_t>(0x80U >> static_cast<unsigned>(bit % 8));
-  }
-  return m;
 }
 
 std::string match_text(const Match& m) {
   if (m.fields.empty()) return "<no field>";
   const Field f = m.fields.front();
-  const std::string sel = concat_selector(m.fields);
+  const std::string sel = concat_selector(m.fields, m.key_prefix_lens);
   switch (m.op) {
     case Match::Op::eq:
       if (f == Field::ip6_exthdr_routing || f == Field::ip6_exthdr_fragment) return sel + " " + value_text(f, m.value);
@@ -409,9 +418,7 @@ struct StatementText {
   std::string operator()(const MssSet& m) const { return "tcp option maxseg size set " + std::to_string(m.mss); }
   std::string operator()(const Masquerade&) const { return "masquerade"; }
   std::string operator()(const PriorityMap& p) const {
-    std::string key;
-    for (std::size_t i = 0; i < p.fields.size(); ++i) key += (i > 0 ? " . " : "") + selector(p.fields[i]);
-    return "meta priority set " + key + " map @" + p.map;
+    return "meta priority set " + concat_selector(p.fields, p.key_prefix_lens) + " map @" + p.map;
   }
   std::string operator()(const CtMarkMap& c) const {
     return "ct mark set " + concat_selector(c.fields) + " map @" + c.map;

@@ -73,6 +73,8 @@ Bytes be32_bytes(std::uint32_t v);
 Bytes host32_bytes(std::uint32_t v);  // ct state / ct mark / meta are host order
 Bytes address_bytes(const IpAddress& a);
 Bytes mac_bytes(const std::string& mac);  // "52:54:00:aa:bb:cc"
+// The first prefix_len bits of a len-byte field set: 24 of 4 = 255.255.255.0.
+Bytes prefix_mask(std::size_t len, int prefix_len);
 
 struct Match {
   enum class Op : std::uint8_t {
@@ -94,6 +96,9 @@ struct Match {
   Bytes mask;          // masked_eq only
   int prefix_len = 0;  // prefix ops only
   std::string set;     // set ops only
+  // Set ops: per key field, the number of leading bits looked up (the field
+  // masked, `(ip daddr & 255.255.255.0)`); 0 or absent = the whole field.
+  std::vector<int> key_prefix_lens;
 };
 
 struct Counter {};
@@ -146,6 +151,7 @@ struct MeterUpdate {
 struct PriorityMap {
   std::vector<Field> fields;
   std::string map;
+  std::vector<int> key_prefix_lens;  // as in Match
 };
 struct Verdict {
   enum class Kind : std::uint8_t { accept, drop, jump, go_to, ret } kind = Kind::accept;

@@ -101,6 +101,36 @@ TEST_F(EnforcementTest, HoleOpensAndClosesANodeForAnUntrustedVm) {
   EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v4, 8080));
 }
 
+// A hole to a /64 or a /24 (one protocol, one port) lives in the hash map of
+// that length, keyed by the network: every address inside passes, none
+// outside, and only the granted port.
+TEST_F(EnforcementTest, HoleToAPrefixOpensTheAddressesInItOnly) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v6, 8080));
+  auto v6 = t.ctl_json({"hole", "add", vm, "[2001:db8:a::/64]:8080", "--proto", "tcp", "--for", "10m"});
+  ASSERT_TRUE(v6.contains("id")) << v6.dump();
+  auto v4 = t.ctl_json({"hole", "add", vm, "203.0.113.0/24:8080", "--proto", "tcp", "--for", "10m"});
+  ASSERT_TRUE(v4.contains("id")) << v4.dump();
+  const std::string rules = t.nft_list();
+  EXPECT_NE(rules.find("\"" + vm + "\" . 2001:db8:a:: . tcp . 8080"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("\"" + vm + "\" . 203.0.113.0 . tcp . 8080"), std::string::npos) << rules;
+  t.reset_sensors();
+  EXPECT_TRUE(t.tcp_reaches(vm, t.nodeA.v6, 8080));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v6, 8080));  // 2001:db8:e::/64: outside
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v6, 8081));     // only the granted port
+  EXPECT_TRUE(t.tcp_reaches(vm, t.nodeA.v4, 8080));
+  EXPECT_TRUE(t.tcp_reaches(vm, t.internet.v4, 8080));  // in the /24 too
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 8081));
+  EXPECT_EQ(t.sensor(t.internet.ns), 1U);  // the one SYN to the granted port
+  for (const auto& hole : {v6, v4}) {
+    auto rm = t.ctl({"hole", "remove", std::to_string(hole["id"].get<int>())});
+    EXPECT_EQ(rm.code, 0) << rm.err;
+  }
+  EXPECT_FALSE(t.tcp_reaches(vm, t.nodeA.v6, 8080));
+  EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 8080));
+}
+
 TEST_F(EnforcementTest, HoleExpiresInTheKernelEvenWithTheDaemonDown) {
   std::string vm = allocate(untrusted_key_);
   auto& t = *topo_;

@@ -146,6 +146,7 @@ TEST_F(NftBackendTest, CompiledTableReplacesItselfAndVmsComeAndGo) {
   std::vector<Hole> holes = {
       {7, "sg1", *Prefix::parse("203.0.113.9"), 6, trust::PortRange{443, 443}, 1790003600},
       {8, "sg1", *Prefix::parse("203.0.113.0/28"), 17, trust::PortRange{5000, 5010}, 0},
+      {9, "sg1", *Prefix::parse("2001:db8:9::/64"), 6, trust::PortRange{22, 22}, 0},  // a /64: masked hash map
   };
   const Plan replace = plan_replace(c.compile(vms, holes, 1790000000));
   auto st = apply_in(ns, replace);
@@ -165,7 +166,8 @@ TEST_F(NftBackendTest, CompiledTableReplacesItselfAndVmsComeAndGo) {
   ASSERT_TRUE(st.ok()) << st.error().describe();
   const std::string back = list(ns, "inet", "surrogated");
   for (const char* part : {"\"sg1\" . 52:54:00:00:00:01", "quota vm_sg1_quota", "\"sg1\" : \"vm_sg1_quota\"",
-                           "\"sg1\" . 203.0.113.0/28 . udp . 5000-5010", "\"sg1\" comment \"VM 1, untrusted\""}) {
+                           "\"sg1\" . 203.0.113.0/28 . udp . 5000-5010", "\"sg1\" . 2001:db8:9:: . tcp . 22",
+                           "\"sg1\" comment \"VM 1, untrusted\""}) {
     EXPECT_NE(back.find(part), std::string::npos) << part;
   }
 }

@@ -63,9 +63,11 @@ TEST(Compiler, GoldenRuleset) {
   auto policy = test_policy();
   Compiler c(policy, CompileOptions{});
   Hole h{7, "sg1", *Prefix::parse("203.0.113.9"), IPPROTO_TCP, trust::PortRange{443, 443}, kNow + 3600};
+  Hole subnet{8, "sg2", *Prefix::parse("198.51.100.0/24"), IPPROTO_UDP, trust::PortRange{53, 53}, kNow + 3600};
+  Hole site{9, "sg3", *Prefix::parse("2001:db8:7::/48"), IPPROTO_TCP, trust::PortRange{22, 22}, 0};
   auto rs = c.compile(
       {vm(1, trust::TrustLevel::untrusted), vm(2, trust::TrustLevel::semi_trusted), vm(3, trust::TrustLevel::trusted)},
-      {h}, kNow);
+      {h, subnet, site}, kNow);
   std::string text = to_nft_text(rs);
   std::string path = std::string(SG_SOURCE_DIR) + "/tests/golden/netpolicy/ruleset.nft";
   if (std::getenv("SG_REGENERATE_GOLDEN") != nullptr) {
@@ -295,6 +297,66 @@ TEST(Compiler, HoleBecomesATimedElementOfItsVm) {
   ASSERT_EQ(plan3.ops.size(), 1U);
   EXPECT_EQ(plan3.ops[0].name, "holes_v6_range");
   EXPECT_EQ(plan3.ops[0].elements.at(0).key[2].value_hi, u8_bytes(255));
+}
+
+// A prefix of a common length with one protocol and one port: the hash map
+// of that length, keyed by the network address; the rule masks the packet's
+// destination to the same length. Other lengths keep the interval map.
+TEST(Compiler, PrefixHoleOfACommonLengthGoesToTheHashMapOfThatLength) {
+  auto policy = test_policy();
+  Compiler c(policy, CompileOptions{});
+  const VmNet v = vm(1, trust::TrustLevel::untrusted);
+  struct Case {
+    const char* prefix;
+    const char* map;
+    const char* key_address;  // empty: an interval
+  };
+  const Case cases[] = {
+      {"198.51.100.7/32", "holes_v4", "198.51.100.7"},
+      {"198.51.100.0/24", "holes_v4_p24", "198.51.100.0"},
+      {"198.51.0.0/16", "holes_v4_p16", "198.51.0.0"},
+      {"198.51.100.0/25", "holes_v4_range", ""},
+      {"2001:db8::1/128", "holes_v6", "2001:db8::1"},
+      {"2001:db8:1:2::/64", "holes_v6_p64", "2001:db8:1:2::"},
+      {"2001:db8:1:200::/56", "holes_v6_p56", "2001:db8:1:200::"},
+      {"2001:db8:1::/48", "holes_v6_p48", "2001:db8:1::"},
+      {"2001:db8:1::/60", "holes_v6_range", ""},
+  };
+  for (const Case& k : cases) {
+    auto p = Prefix::parse(k.prefix);
+    ASSERT_TRUE(p.ok()) << k.prefix;
+    Hole h{20, "sg1", *p, IPPROTO_TCP, trust::PortRange{443, 443}, kNow + 60};
+    auto plan = c.plan_add_hole(v, h, kNow);
+    ASSERT_EQ(plan.ops.size(), 1U) << k.prefix;
+    EXPECT_EQ(plan.ops[0].name, k.map) << k.prefix;
+    const auto& key = plan.ops[0].elements.at(0).key;
+    ASSERT_EQ(key.size(), 4U);
+    if (*k.key_address != 0) {
+      EXPECT_FALSE(plan.ops[0].set.interval) << k.prefix;
+      EXPECT_EQ(key[1].value, address_bytes(*IpAddress::parse(k.key_address))) << k.prefix;
+      for (const auto& part : key) EXPECT_TRUE(part.value_hi.empty()) << k.prefix;
+    } else {
+      EXPECT_TRUE(plan.ops[0].set.interval) << k.prefix;
+      EXPECT_FALSE(key[1].value_hi.empty()) << k.prefix;
+    }
+    // Removal takes the element out of the same map.
+    auto rm = c.plan_remove_hole(v, h, kNow);
+    ASSERT_EQ(rm.ops.size(), 1U);
+    EXPECT_EQ(rm.ops[0].name, k.map) << k.prefix;
+  }
+  // A port range or any protocol keeps a /24 in the interval map.
+  Hole ports{21, "sg1", *Prefix::parse("198.51.100.0/24"), IPPROTO_TCP, trust::PortRange{80, 81}, 0};
+  EXPECT_EQ(c.plan_add_hole(v, ports, kNow).ops.at(0).name, "holes_v4_range");
+  Hole any{22, "sg1", *Prefix::parse("198.51.100.0/24"), 0, trust::PortRange{0, 0}, 0};
+  EXPECT_EQ(c.plan_add_hole(v, any, kNow).ops.at(0).name, "holes_v4_range");
+  // The rule that reads the /24 map masks the destination to 24 bits.
+  const std::string text = to_nft_text(c.compile({v}, {}, kNow));
+  EXPECT_NE(text.find("set iifname . (ip daddr & 255.255.255.0) . meta l4proto . th dport map @holes_v4_p24 accept"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(
+      text.find("iifname . (ip6 daddr & ffff:ffff:ffff:ffff::) . meta l4proto . th dport map @holes_v6_p64 accept"),
+      std::string::npos);
 }
 
 TEST(Compiler, AddVmJoinsVmsLastRemoveVmLeavesItFirst) {

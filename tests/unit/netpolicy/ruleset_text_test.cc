@@ -80,6 +80,11 @@ TEST(RuleTextTest, EveryOp) {
   EXPECT_EQ(text(in_set({Field::ip_daddr}, "reserved_v4", true)), "ip daddr != @reserved_v4");
   EXPECT_EQ(text(in_set({Field::ip_daddr, Field::l4proto, Field::th_dport}, "holes_v4")),
             "ip daddr . meta l4proto . th dport @holes_v4");
+  // A masked key field is parenthesized, so nft 1.0.6 parses it back.
+  EXPECT_EQ(text(masked_in_set({Field::iifname, Field::ip_daddr, Field::th_dport}, "h", {0, 24})),
+            "iifname . (ip daddr & 255.255.255.0) . th dport @h");
+  EXPECT_EQ(text(masked_in_set({Field::ip6_saddr}, "h", {48})), "(ip6 saddr & ffff:ffff:ffff::) @h");
+  EXPECT_EQ(text(masked_in_set({Field::ip_daddr}, "h", {32})), "ip daddr @h");  // the whole field
   EXPECT_EQ(text(vmap(Field::iifname, "from_vm")), "iifname vmap @from_vm");
   EXPECT_EQ(text(any_bits(Field::ct_state, host32_bytes(kCtEstablished | kCtRelated))), "ct state established,related");
   EXPECT_EQ(text(any_bits(Field::tcp_flags, u8_bytes(kTcpSyn))), "tcp flags syn");
@@ -190,16 +195,16 @@ TEST(PlanTest, ReplaceOrdersChainsBeforeQuotasBeforeSetsBeforeRules) {
   // Quotas before sets: a quota map's elements name them.
   std::vector<std::string> want = {"T+", "T-", "T+", "C", "C", "C"};
   want.insert(want.end(), 2, "Q");
-  want.insert(want.end(), 18, "S");
-  want.insert(want.end(), 4 + 39 + 2, "R");
+  want.insert(want.end(), 20, "S");
+  want.insert(want.end(), 4 + 42 + 2, "R");
   want.insert(want.end(), {"T+", "T-", "T+", "C", "R", "R", "R"});
   EXPECT_EQ(kinds, want);
   EXPECT_EQ(p.ops[3].chain.base->priority, -10);
   EXPECT_EQ(p.ops.back().family, TableFamily::arp);
   EXPECT_EQ(p.ops.back().name, "arp_in");
   // Rules keep their chain order.
-  EXPECT_EQ(p.ops[26].name, "forward");
-  EXPECT_EQ(to_nft_text(p.ops[26].rule), to_nft_text(rs.tables[0].chains[0].rules[0]));
+  EXPECT_EQ(p.ops[28].name, "forward");
+  EXPECT_EQ(to_nft_text(p.ops[28].rule), to_nft_text(rs.tables[0].chains[0].rules[0]));
 }
 
 TEST(PlanTest, Text) {

@@ -26,6 +26,11 @@ inline Match in_set(std::vector<Field> f, std::string set, bool negate = false) 
   m.set = std::move(set);
   return m;
 }
+inline Match masked_in_set(std::vector<Field> f, std::string set, std::vector<int> prefix_lens) {
+  Match m = in_set(std::move(f), std::move(set));
+  m.key_prefix_lens = std::move(prefix_lens);
+  return m;
+}
 inline Match vmap(Field f, std::string map) {
   Match m{{f}, Match::Op::vmap};
   m.set = std::move(map);
@@ -136,8 +141,20 @@ inline Table inet_table(const std::string& name = "surrogated") {
   // Declared by typeof: nft has no type for an ND target.
   Set nd{"vm_nd_v6", {KeyType::ifname, KeyType::nd_target}};
   nd.elements = {elem({part(ifname_bytes("sg3")), part(addr("2001:db8:0:3::2"))})};
-  t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, meter_if, hole_map, macs,
-            ifs,         protos,      ports,    from_vm,  marks,    quotas,   drops,    triples,  nd};
+  // Holes to a prefix of one length, keyed by the masked destination.
+  Set p24{
+      "holes_v4_p24", {KeyType::ifname, KeyType::ipv4_addr, KeyType::inet_proto, KeyType::inet_service}, false, true};
+  p24.data_type = KeyType::classid;
+  SetElement pe =
+      elem({part(ifname_bytes("sg3")), part(addr("198.51.100.0")), part(u8_bytes(6)), part(be16_bytes(443))});
+  pe.timeout_ms = 600000;
+  pe.data = host32_bytes((0x53U << 16U) | 0xeU);
+  p24.elements = {pe};
+  Set p64{"holes_v6_p64", {KeyType::ifname, KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service}};
+  p64.elements = {
+      elem({part(ifname_bytes("sg3")), part(addr("2001:db8:1:2::")), part(u8_bytes(17)), part(be16_bytes(53))})};
+  t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, meter_if, hole_map, macs, ifs,
+            protos,      ports,       from_vm,  marks,    quotas,   drops,    triples,  nd,       p24,  p64};
 
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, -10, false}, {}};
   forward.rules = {
@@ -193,6 +210,14 @@ inline Table inet_table(const std::string& name = "surrogated") {
       rule({eq(Field::ct_state, host32_bytes(kCtNew))}, {CtMarkOr{0x40000000U}, accept()}, "a plain flow"),
       rule({}, {CountUpdate{"drops", Field::iifname, "spoof-ip"}}),
       rule({}, {CountUpdate{"drops", Field::oifname, "inbound"}}),
+      rule({},
+           {PriorityMap{{Field::iifname, Field::ip_daddr, Field::l4proto, Field::th_dport}, "holes_v4_p24", {0, 24}},
+            accept()},
+           "holes to a /24, each in its class"),
+      rule(
+          {masked_in_set({Field::iifname, Field::ip6_daddr, Field::l4proto, Field::th_dport}, "holes_v6_p64", {0, 64})},
+          {accept()}),
+      rule({masked_in_set({Field::ip_saddr}, "reserved_v4", {20})}, {drop()}),
       rule({in_set({Field::iifname, Field::oifname, Field::meta_mark}, "tunnel_out")}, {accept()}),
       rule({eq(Field::icmpv6_type, u8_bytes(136)), in_set({Field::iifname, Field::icmpv6_nd_target}, "vm_nd_v6", true)},
            {drop()}, "ND only for the VM's own address"),
