@@ -124,13 +124,6 @@ constexpr std::uint8_t kIpProtoGre = 47;
 Statement go_to(const std::string& chain) { return Verdict{Verdict::Kind::go_to, chain}; }
 Statement ret() { return Verdict{Verdict::Kind::ret, ""}; }
 
-// An established flow that its level accepted as plain (kPlainFlowMark) and
-// not as a SYN-only probe.
-std::vector<Match> established_plain() {
-  return {ct_state(kCtEstablished),
-          masked(Field::ct_mark, host32_bytes(kSynOnlyMark | kPlainFlowMark), host32_bytes(kPlainFlowMark))};
-}
-
 KeyType addr_type(Family f) { return f == Family::v4 ? KeyType::ipv4_addr : KeyType::ipv6_addr; }
 
 Set make_set(const std::string& name, std::vector<KeyType> key) {
@@ -344,6 +337,15 @@ std::vector<Set> Compiler::vm_sets() const {
     cls.data_type = KeyType::classid;
     sets.push_back(std::move(cls));
   }
+  // The short path: tap . MAC . plain flow mark, and tap . plain flow mark
+  // (replies), each to the VM's default class when shaping.
+  for (const auto& [name, key] :
+       {std::pair{"vm_plain", std::vector<KeyType>{KeyType::ifname, KeyType::ether_addr, KeyType::mark}},
+        std::pair{"vm_plain_in", std::vector<KeyType>{KeyType::ifname, KeyType::mark}}}) {
+    Set plain = make_set(name, key);
+    if (opt_.shaping) plain.data_type = KeyType::classid;
+    sets.push_back(std::move(plain));
+  }
   Set quota = make_set("vm_quota", {KeyType::ifname});
   quota.quota_map = true;
   sets.push_back(std::move(quota));
@@ -439,6 +441,25 @@ std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const V
   return std::pair{hole_map_name(map), std::move(e)};
 }
 
+std::vector<Rule> Compiler::evil_packet_rules(bool tracked) const {
+  std::vector<Rule> r;
+  // A packet conntrack matched to a flow went through its defragmentation
+  // first: no fragment reaches the short path.
+  if (!tracked) {
+    r.push_back(drop_rule({nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
+                          "drop non-first IPv4 fragments (ports unknown)"));
+  }
+  r.push_back(drop_rule({nfproto(Family::v4), neq(Field::ip_hdrlength, u8_bytes(5))}, "ip-options",
+                        "drop IPv4 packets with options (source route, record route...)"));
+  r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_routing, u8_bytes(1))}, "ip6-routing",
+                        "drop IPv6 packets with a routing header"));
+  if (!tracked) {
+    r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
+                          "drop IPv6 fragments that escaped reassembly"));
+  }
+  return r;
+}
+
 Chain Compiler::out_chain() const {
   Chain c{"vm_out", std::nullopt, {}};
   auto& r = c.rules;
@@ -459,20 +480,7 @@ Chain Compiler::out_chain() const {
   }
   // 3. Evil packets: fragments that escaped reassembly, IP options, IPv6
   // routing headers.
-  r.push_back(drop_rule({nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
-                        "drop non-first IPv4 fragments (ports unknown)"));
-  r.push_back(drop_rule({nfproto(Family::v4), neq(Field::ip_hdrlength, u8_bytes(5))}, "ip-options",
-                        "drop IPv4 packets with options (source route, record route...)"));
-  r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_routing, u8_bytes(1))}, "ip6-routing",
-                        "drop IPv6 packets with a routing header"));
-  r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
-                        "drop IPv6 fragments that escaped reassembly"));
-  // Established plain TCP and UDP flows (kPlainFlowMark): the short path.
-  for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
-    std::vector<Match> ms = established_plain();
-    ms.insert(ms.begin(), l4proto(proto));
-    r.push_back(rule(std::move(ms), {go_to("vm_out_plain")}, "established plain flows: the short path"));
-  }
+  for (Rule& e : evil_packet_rules(false)) r.push_back(std::move(e));
   // 4. GRE from the guest itself: no tunnel inside the tunnel, and no GRE
   // that could pass for the host's own to the client's endpoint. Only
   // levels that may be tunnelled; a semi-trusted policy that allows IP
@@ -654,8 +662,6 @@ Chain Compiler::in_chain() const {
   if (opt_.shaping) {
     r.push_back(rule({}, {PriorityMap{{Field::oifname}, "vm_class"}}, "shape as everything else"));
   }
-  // Replies of plain flows are in the default class: accept them now.
-  r.push_back(rule(established_plain(), {accept()}, "replies of plain flows"));
   if (opt_.shaping) {
     for (Family f : {Family::v4, Family::v6}) {
       for (bool range : {false, true}) {
@@ -730,8 +736,9 @@ std::vector<Chain> Compiler::shared_chains() const {
   // Routing happens before forward: tunnel-bound packets are marked here,
   // for `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md).
   Chain prerouting{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {}};
-  prerouting.rules.push_back(
-      rule({vmap(Field::iifname, "vm_pre")}, {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
+  // (The name prefix first: a packet from the uplink costs a compare.)
+  prerouting.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix), vmap(Field::iifname, "vm_pre")},
+                                  {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, opt_.priority, false}, {}};
   // A client's tunnel carries only replies and its own connections to its
   // own VM: nothing from a tunnel goes anywhere else (no relaying through
@@ -740,11 +747,36 @@ std::vector<Chain> Compiler::shared_chains() const {
                                 in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
                                {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
                                "a tunnel delivers only to its own VM"));
+  // The short path (docs/enforcement.md): a packet of an established flow
+  // that its VM's level accepted as plain (ct mark = the VM's id | bit 30),
+  // from that VM's own MAC, in the flow's own direction. One lookup checks
+  // the MAC and that the flow is this VM's (its first packet passed the
+  // address check, and conntrack matched this one to its tuple) and picks
+  // the VM's class; what still applies to such a packet is in vm_out_plain.
+  // Its replies: one lookup, that the flow is the destination VM's.
+  const Match from_tap = ifname_wildcard(Field::iifname, opt_.iface_prefix);
+  const Match to_tap = ifname_wildcard(Field::oifname, opt_.iface_prefix);
+  const std::vector<Field> plain_key = {Field::iifname, Field::ether_saddr, Field::ct_mark};
+  const std::vector<Field> plain_in_key = {Field::oifname, Field::ct_mark};
+  auto direction = [](bool reply) { return eq(Field::ct_direction, u8_bytes(reply ? 1 : 0)); };
+  if (opt_.shaping) {
+    forward.rules.push_back(rule({from_tap, ct_state(kCtEstablished), direction(false)},
+                                 {PriorityMap{plain_key, "vm_plain"}, go_to("vm_out_plain")},
+                                 "established plain flows of a VM, in its class: the short path"));
+    forward.rules.push_back(rule({to_tap, ct_state(kCtEstablished), direction(true)},
+                                 {PriorityMap{plain_in_key, "vm_plain_in"}, accept()},
+                                 "replies of a VM's plain flows, in its class"));
+  } else {
+    forward.rules.push_back(rule({from_tap, ct_state(kCtEstablished), direction(false), in_set(plain_key, "vm_plain")},
+                                 {go_to("vm_out_plain")}, "established plain flows of a VM: the short path"));
+    forward.rules.push_back(
+        rule({to_tap, ct_state(kCtEstablished), direction(true), in_set(plain_in_key, "vm_plain_in")}, {accept()},
+             "replies of a VM's plain flows"));
+  }
   // From a VM with its own MAC (one lookup for both); from a VM's tap with
   // another MAC: dropped.
   // (The name prefix first: a packet from the uplink costs a compare, not
   // two lookups.)
-  const Match from_tap = ifname_wildcard(Field::iifname, opt_.iface_prefix);
   forward.rules.push_back(
       rule({from_tap, in_set({Field::iifname, Field::ether_saddr}, "vm_mac")}, {go_to("vm_out")}, "packets from a VM"));
   forward.rules.push_back(rule({from_tap, in_set({Field::iifname}, "vms")}, {go_to(drop_chain("spoof-mac"))},
@@ -757,10 +789,8 @@ std::vector<Chain> Compiler::shared_chains() const {
   not_tunnel.op = Match::Op::not_prefix;
   forward.rules.push_back(rule({from_tap, not_tunnel}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules sends nothing"));
-  forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix), in_set({Field::oifname}, "vms")},
-                               {go_to("vm_in")}, "packets to a VM"));
-  forward.rules.push_back(rule({ifname_wildcard(Field::oifname, opt_.iface_prefix)},
-                               {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+  forward.rules.push_back(rule({to_tap, in_set({Field::oifname}, "vms")}, {go_to("vm_in")}, "packets to a VM"));
+  forward.rules.push_back(rule({to_tap}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules receives nothing"));
   Chain input{"input", BaseHook{BaseHook::Hook::input, opt_.priority, false}, {}};
   input.rules.push_back(rule({in_set({Field::iifname}, "vms")}, {go_to("vm_host")}, "packets from a VM to the host"));
@@ -768,10 +798,11 @@ std::vector<Chain> Compiler::shared_chains() const {
                              {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                              "fail closed: a VM interface without rules reaches nothing on the host"));
   chains = {prerouting, forward, input, out_chain()};
-  // The short path of an established plain flow: the guardrails that act
-  // on established flows too (block list, quota), then accept. Its class is
-  // the VM's default one, set before the jump.
+  // The short path of an established plain flow: what acts on every packet
+  // (evil packets, block list, quota), then accept. Its class is the VM's
+  // default one, set on the way here.
   Chain plain{"vm_out_plain", std::nullopt, {}};
+  plain.rules = evil_packet_rules(true);
   for (Family f : {Family::v4, Family::v6}) plain.rules.push_back(block_rule(f));
   plain.rules.push_back(quota_rule());
   plain.rules.push_back(rule({}, {accept()}, "an established plain flow"));
@@ -836,11 +867,18 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
     syn.data = host32_bytes(static_cast<std::uint32_t>(vm.id) | kSynOnlyMark);
     add("vm_mark_synonly", std::move(syn));
   }
+  const Bytes plain_mark = host32_bytes(static_cast<std::uint32_t>(vm.id) | kPlainFlowMark);
+  SetElement plain = key({{mac_bytes(vm.mac), {}}, {plain_mark, {}}});
+  SetElement plain_in = key({{plain_mark, {}}});
   if (opt_.shaping) {
     SetElement cls = key();
     cls.data = host32_bytes(tc_handle(opt_.tc_major, vm.id, FlowClass::other));
+    plain.data = cls.data;
+    plain_in.data = cls.data;
     add("vm_class", std::move(cls));
   }
+  add("vm_plain", std::move(plain));
+  add("vm_plain_in", std::move(plain_in));
   if (lp.daily_quota_bytes > 0) {
     p.quotas.push_back(QuotaObject{"vm_" + n + "_quota", lp.daily_quota_bytes, 0});
     SetElement q = key();

@@ -115,6 +115,11 @@ FieldSpec field_spec(Field f) {
       s.len = 4;
       s.host_order = true;
       break;
+    case Field::ct_direction:
+      s.source = Source::ct;
+      s.key = NFT_CT_DIRECTION;
+      s.len = 1;
+      break;
     case Field::arp_sip:
       payload(NFT_PAYLOAD_NETWORK_HEADER, 14, 4);
       s.arp_only = true;

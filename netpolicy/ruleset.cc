@@ -230,6 +230,7 @@ std::string selector(Field f) {
     case Field::icmpv6_nd_target: return "@th,64,128";
     case Field::ct_state: return "ct state";
     case Field::ct_mark: return "ct mark";
+    case Field::ct_direction: return "ct direction";
     case Field::arp_sip: return "arp saddr ip";
     case Field::arp_sha: return "arp saddr ether";
     case Field::ip6_exthdr_routing: return "exthdr rt";
@@ -262,6 +263,7 @@ std::string value_text(Field f, const Bytes& v) {
     case Field::icmpv6_type: return icmpv6_type_name(v[0]);
     case Field::icmpv6_nd_target: return hex_bytes(v);
     case Field::ct_state: return flag_names(host_u32(v), ct_state_names());
+    case Field::ct_direction: return v[0] == 0 ? "original" : "reply";
     case Field::ct_mark:
     case Field::meta_mark: {
       char buf[16];

@@ -42,6 +42,7 @@ enum class Field : std::uint8_t {
   icmpv6_nd_target,     // @th,64,128: target address of neighbour solicitation/advertisement
   ct_state,             // ct state: 4 bytes bitmask (NF_CT_STATE_BIT)
   ct_mark,              // ct mark: 4 bytes
+  ct_direction,         // ct direction: 1 byte (0 original, 1 reply)
   arp_sip,              // arp saddr ip: ARP header offset 14, 4 bytes (Ethernet/IPv4 ARP)
   arp_sha,              // arp saddr ether: ARP header offset 8, 6 bytes
   ip6_exthdr_routing,   // exthdr rt exists (IPv6 routing header present): 1 byte boolean

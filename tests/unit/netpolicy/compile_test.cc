@@ -217,27 +217,42 @@ TEST(Compiler, LevelsEndAsTheyShould) {
     if (target == "vm_out_plain") continue;  // established flows only: below
     seen_accept = seen_accept || is_accept(r) || target.find("_out") != std::string::npos;
   }
-  // The short path of established plain flows keeps the guardrails that act
-  // on established flows (block list, quota); reserved destinations and
+  // The short path of established plain flows keeps what acts on every
+  // packet (IP options, routing headers, block list, quota); reserved destinations and
   // closed ports are properties of the flow, checked on its first packet.
   const auto& plain = find_chain(rs, "vm_out_plain")->rules;
   EXPECT_TRUE(uses("vm_out_plain", "block_v4"));
   EXPECT_TRUE(uses("vm_out_plain", "block_v6"));
+  const std::string plain_text = to_nft_text(*find_chain(rs, "vm_out_plain"));
+  for (const char* evil : {"drop_ip_options", "drop_ip6_routing"}) {
+    EXPECT_NE(plain_text.find(evil), std::string::npos) << evil;
+  }
+  // Fragments cannot get there: conntrack reassembled what it matched.
+  EXPECT_EQ(plain_text.find("drop_fragment"), std::string::npos);
   ASSERT_GE(plain.size(), 2U);
   EXPECT_NE(std::get_if<QuotaMap>(&plain[plain.size() - 2].statements.at(0)), nullptr);
   EXPECT_TRUE(is_accept(plain.back()));
-  for (const auto& r : out) {
-    if (goto_target(r) != "vm_out_plain") continue;
-    bool needs_established = false, needs_plain_mark = false;
-    for (const auto& m : r.matches) {
-      needs_established =
-          needs_established || (m.fields[0] == Field::ct_state && m.value == host32_bytes(kCtEstablished));
-      needs_plain_mark =
-          needs_plain_mark || (m.fields[0] == Field::ct_mark && m.value == host32_bytes(kPlainFlowMark) &&
-                               m.mask == host32_bytes(kPlainFlowMark | kSynOnlyMark));
+  // It is entered from forward only by an established flow, in its original
+  // direction, whose mark, tap and MAC are one VM's plain-flow element.
+  int entries = 0;
+  for (const auto& c : rs.tables[0].chains) {
+    for (const auto& r : c.rules) {
+      if (goto_target(r) != "vm_out_plain") continue;
+      ++entries;
+      EXPECT_EQ(c.name, "forward");
+      EXPECT_EQ(to_nft_text(r).rfind("iifname \"sg*\" ct state established ct direction original meta priority set "
+                                     "iifname . ether saddr . ct mark map @vm_plain goto vm_out_plain",
+                                     0),
+                0U)
+          << to_nft_text(r);
     }
-    EXPECT_TRUE(needs_established && needs_plain_mark) << to_nft_text(r);
   }
+  EXPECT_EQ(entries, 1);
+  // The element is the VM's id with the plain bit, not a SYN-only probe's.
+  const Set* ps = find_set(rs, "vm_plain");
+  ASSERT_NE(ps, nullptr);
+  ASSERT_FALSE(ps->elements.empty());
+  EXPECT_EQ(ps->elements[0].key.at(2).value, host32_bytes(1U | kPlainFlowMark));
 }
 
 TEST(Compiler, SharedSetsCarryThePolicy) {

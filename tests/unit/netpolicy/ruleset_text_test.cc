@@ -195,16 +195,16 @@ TEST(PlanTest, ReplaceOrdersChainsBeforeQuotasBeforeSetsBeforeRules) {
   // Quotas before sets: a quota map's elements name them.
   std::vector<std::string> want = {"T+", "T-", "T+", "C", "C", "C"};
   want.insert(want.end(), 2, "Q");
-  want.insert(want.end(), 20, "S");
-  want.insert(want.end(), 4 + 42 + 2, "R");
+  want.insert(want.end(), 21, "S");
+  want.insert(want.end(), 4 + 44 + 2, "R");
   want.insert(want.end(), {"T+", "T-", "T+", "C", "R", "R", "R"});
   EXPECT_EQ(kinds, want);
   EXPECT_EQ(p.ops[3].chain.base->priority, -10);
   EXPECT_EQ(p.ops.back().family, TableFamily::arp);
   EXPECT_EQ(p.ops.back().name, "arp_in");
   // Rules keep their chain order.
-  EXPECT_EQ(p.ops[28].name, "forward");
-  EXPECT_EQ(to_nft_text(p.ops[28].rule), to_nft_text(rs.tables[0].chains[0].rules[0]));
+  EXPECT_EQ(p.ops[29].name, "forward");
+  EXPECT_EQ(to_nft_text(p.ops[29].rule), to_nft_text(rs.tables[0].chains[0].rules[0]));
 }
 
 TEST(PlanTest, Text) {
