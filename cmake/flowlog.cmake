@@ -4,6 +4,7 @@
 # PkgConfig::SQLITE, OpenSSL::Crypto and nlohmann_json targets found there).
 add_library(sg_flowlog STATIC
   ${PROJECT_SOURCE_DIR}/netpolicy/conntrack_listener.cc
+  ${PROJECT_SOURCE_DIR}/netpolicy/conntrack_flush.cc
   ${PROJECT_SOURCE_DIR}/netpolicy/nflog_listener.cc
   ${PROJECT_SOURCE_DIR}/surrogated/flow_log.cc
   ${PROJECT_SOURCE_DIR}/surrogated/audit_log.cc)

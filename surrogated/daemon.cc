@@ -64,6 +64,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
     return with_context("cannot install the nftables ruleset (nothing was changed)", st.error());
   }
   d->vms_->add_observer(d->enforcer_.get());
+  // Flows that went into a tunnel meet the rules again once it is down.
+  d->tunnels_->set_on_down([raw = d.get()](const VmRecord& vm) { raw->enforcer_->end_flows({vm.id}, "tunnel down"); });
   d->tunnels_->restore();
   d->sources_.push_back(d->enforcer_.get());
 

@@ -211,6 +211,10 @@ std::string Daemon::metrics_text() {
   out += prom_line("surrogated_netlink_overruns_total", {}, static_cast<double>(recorder_->overruns()));
   out += prom_header("surrogated_nft_repairs_total", "counter", "Times the ruleset was reinstalled after tampering.");
   out += prom_line("surrogated_nft_repairs_total", {}, static_cast<double>(enforcer_->repairs()));
+  out += prom_header("surrogated_flows_ended_total", "counter",
+                     "Conntrack entries ended because a hole closed, a level changed, a tunnel went down or a VM "
+                     "was released (their next packet meets the current rules).");
+  out += prom_line("surrogated_flows_ended_total", {}, static_cast<double>(enforcer_->flows_ended()));
   out += enforcer_->apply_latency().render("surrogated_rule_apply_seconds",
                                            "Time to apply one nftables netlink transaction.");
   out += prom_header("surrogated_api_requests_total", "counter", "HTTPS API requests by HTTP status.");

@@ -16,8 +16,23 @@ Result<std::unique_ptr<Enforcer>> Enforcer::open(StateStore& store, const Addres
   if (!backend) return with_context("nftables", backend.error());
   auto monitor = netpolicy::NftMonitor::open(options.table);
   if (!monitor) return with_context("nftables monitor", monitor.error());
+  auto flusher = netpolicy::ConntrackFlusher::open();
+  if (!flusher) return with_context("conntrack", flusher.error());
   return std::unique_ptr<Enforcer>(
-      new Enforcer(store, pool, std::move(options), std::move(*backend), std::move(*monitor)));
+      new Enforcer(store, pool, std::move(options), std::move(*backend), std::move(*monitor), std::move(*flusher)));
+}
+
+void Enforcer::end_flows(const netpolicy::FlowSelector& s, const std::string& why) {
+  auto ended = flusher_.end_flows(s);
+  if (!ended) {
+    log::error("conntrack: could not end flows of VM " + std::to_string(s.vm_id) + " (" + why +
+               "): " + ended.error().describe() + "; its established connections keep what they had until they end");
+    return;
+  }
+  flows_ended_ += *ended;
+  if (*ended > 0)
+    log::info("conntrack: ended " + std::to_string(*ended) + " flows of VM " + std::to_string(s.vm_id) + " (" + why +
+              ")");
 }
 
 Status Enforcer::apply(const netpolicy::Plan& plan) {
@@ -86,6 +101,13 @@ Status Enforcer::install_all(std::shared_ptr<const trust::Policy> policy) {
   auto rs = compiler.compile(list, holes_of(0), now_unix());
   if (auto st = apply(netpolicy::plan_replace(rs)); !st) return st;
   policy_ = std::move(policy);
+  // A VM whose level changed: its established flows meet the new rules.
+  for (const auto& [name, net] : nets) {
+    auto before = installed_.find(name);
+    if (before != installed_.end() && before->second.level != net.level) {
+      end_flows({net.id}, "now " + std::string(trust::to_string(net.level)));
+    }
+  }
   installed_ = std::move(nets);
   log::info("nftables: installed table '" + opt_.table + "' for " + std::to_string(installed_.size()) +
             " VMs (policy " + policy_->version.substr(0, 19) + ")");
@@ -114,6 +136,8 @@ void Enforcer::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
     // next full install cleans it. Say so rather than fail the release.
     log::error("nftables: could not remove rules of " + vm.name + ": " + st.error().describe());
   }
+  // No flow of it lives on for a later VM with its address to continue.
+  end_flows({vm.id}, "released");
   // Its entries in the dynamic sets shared by all VMs (meters, SYN rate,
   // drop counters; keyed by its interface first): a release leaves nothing.
   for (const auto& meter : netpolicy::Compiler::meter_sets()) {
@@ -175,6 +199,15 @@ Status Enforcer::close_hole(const VmRecord* vm, const HoleRecord& hole, std::int
   const bool live = hole.expires == 0 || hole.expires > now;
   if (vm != nullptr && live) {
     if (auto st = remove_hole(*vm, hole); !st) return st;
+  }
+  // Connections opened through it end with it (expired ones too).
+  if (auto h = hole_of(hole); vm != nullptr && h) {
+    netpolicy::FlowSelector sel{vm->id, h->destination, h->protocol, 0, 65535};
+    if (h->protocol == IPPROTO_TCP || h->protocol == IPPROTO_UDP) {
+      sel.first_port = h->ports.first;
+      sel.last_port = h->ports.last;
+    }
+    end_flows(sel, "hole " + std::to_string(hole.id) + " closed: " + reason);
   }
   if (auto st = store_.remove_hole(hole.id, now, reason); !st) {
     log::error("hole " + std::to_string(hole.id) + " is closed but could not be recorded: " + st.error().describe());

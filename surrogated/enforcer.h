@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "netpolicy/compile.h"
+#include "netpolicy/conntrack_flush.h"
 #include "netpolicy/nft_backend.h"
 #include "netpolicy/nft_monitor.h"
 #include "surrogated/address_pool.h"
@@ -71,17 +72,24 @@ class Enforcer final : public VmObserver, public EventSource {
   // How long each netlink transaction took to apply (for /metrics).
   [[nodiscard]] const LatencyHistogram& apply_latency() const { return apply_latency_; }
 
+  // Ends the flows `s` selects (netpolicy/conntrack_flush.h): what is still
+  // allowed carries on, what is not any more stops. Failures are logged:
+  // the rules are already what they should be.
+  void end_flows(const netpolicy::FlowSelector& s, const std::string& why);
+  [[nodiscard]] std::uint64_t flows_ended() const { return flows_ended_; }
+
   [[nodiscard]] static netpolicy::VmNet vm_net(const VmRecord& vm, const VmAddresses& addr);
   [[nodiscard]] static std::optional<netpolicy::Hole> hole_of(const HoleRecord& h);
 
  private:
   Enforcer(StateStore& store, const AddressPool& pool, netpolicy::CompileOptions options, netpolicy::NftBackend backend,
-           netpolicy::NftMonitor monitor)
+           netpolicy::NftMonitor monitor, netpolicy::ConntrackFlusher flusher)
       : store_(store),
         pool_(pool),
         opt_(std::move(options)),
         backend_(std::move(backend)),
-        monitor_(std::move(monitor)) {}
+        monitor_(std::move(monitor)),
+        flusher_(std::move(flusher)) {}
   [[nodiscard]] std::vector<netpolicy::Hole> holes_of(std::int64_t vm_id) const;
 
   StateStore& store_;
@@ -89,6 +97,8 @@ class Enforcer final : public VmObserver, public EventSource {
   netpolicy::CompileOptions opt_;
   netpolicy::NftBackend backend_;
   netpolicy::NftMonitor monitor_;
+  netpolicy::ConntrackFlusher flusher_;
+  std::uint64_t flows_ended_ = 0;
   std::shared_ptr<const trust::Policy> policy_;
   std::map<std::string, netpolicy::VmNet> installed_;
   std::uint64_t repairs_ = 0;

@@ -326,6 +326,7 @@ Status Tunnels::down(const VmRecord& vm, const std::string& why) {
   live_.erase(it);
   if (auto st = store_.remove_tunnel(vm.id); !st) return st;
   log::notice("GRE tunnel of " + vm.name + " down: " + why);
+  if (on_down_) on_down_(vm);
   return {};
 }
 

@@ -60,6 +60,8 @@ class Tunnels final : public VmObserver {
 
   Result<TunnelRecord> up(const VmRecord& vm, const TunnelRequest& req);
   Status down(const VmRecord& vm, const std::string& why);
+  // Runs after a tunnel went down (its rules, routes and device gone).
+  void set_on_down(std::function<void(const VmRecord&)> f) { on_down_ = std::move(f); }
   [[nodiscard]] bool has(std::int64_t vm_id) const { return live_.count(vm_id) != 0; }
 
   void released(const VmRecord& vm, const VmAddresses& addr) override;
@@ -97,6 +99,7 @@ class Tunnels final : public VmObserver {
   const AddressPool& pool_;
   netpolicy::CompileOptions nft_;
   PolicySource policy_;
+  std::function<void(const VmRecord&)> on_down_;
   netpolicy::NftBackend backend_;
   tunnel::Probe probe_;
   std::map<std::int64_t, Live> live_;  // by VM id

@@ -502,16 +502,68 @@ TEST_F(EnforcementTest, PolicyReloadReclassifiesAtomicallyOrNotAtAll) {
   EXPECT_FALSE(t.tcp_reaches(vm, t.internet.v4, 8080));
 }
 
+// Closing a hole ends what was opened through it: the next datagram of an
+// established flow meets the rules as they are now (netpolicy/conntrack_flush.h).
+TEST_F(EnforcementTest, ClosingAHoleEndsTheFlowsOpenedThroughIt) {
+  std::string vm = allocate(untrusted_key_);
+  auto& t = *topo_;
+  auto add = t.ctl_json({"hole", "add", vm, t.nodeA.v4 + ":7100", "--proto", "udp", "--for", "10m"});
+  ASSERT_TRUE(add.contains("id")) << add.dump();
+  {
+    EstablishedUdpFlow flow(t, vm, t.nodeA.ns, t.nodeA.v4, 7100, 5);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    EXPECT_GT(t.sensor(t.nodeA.ns), 5U);  // the flow runs, replies and all
+    ASSERT_EQ(t.ctl({"hole", "remove", std::to_string(add["id"].get<int>())}).code, 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    t.reset_sensors();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    EXPECT_EQ(t.sensor(t.nodeA.ns), 0U);  // ~40 datagrams sent meanwhile, none arrived
+  }
+  EXPECT_GE(t.drop_counter(vm + " not-allowed"), 10U);
+  EXPECT_NE(t.daemon().log().find("conntrack: ended 1 flows of VM"), std::string::npos) << t.daemon().log();
+}
+
+// A VM moved to a stricter level keeps none of what only the old level
+// allowed, established flows included.
+TEST_F(EnforcementTest, ADowngradeEndsFlowsOnlyTheOldLevelAllowed) {
+  // The untrusted key made trusted, so that a reload can take it back.
+  auto& t = *topo_;
+  t.write_policy(lab_policy(t.fingerprint(semi_key_), t.fingerprint(untrusted_key_)));
+  ASSERT_EQ(t.ctl({"policy", "reload"}).code, 0);
+  std::string vm = allocate(untrusted_key_);
+  ASSERT_EQ(t.ctl_json({"show", vm})["trust_level"], "trusted");
+  {
+    EstablishedUdpFlow flow(t, vm, t.internet.ns, t.internet.v4, 7200, 5);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    EXPECT_GT(t.sensor(t.internet.ns), 5U);
+    t.write_policy(lab_policy(t.fingerprint(semi_key_), t.fingerprint(trusted_key_)));
+    ASSERT_EQ(t.ctl({"policy", "reload"}).code, 0);
+    EXPECT_EQ(t.ctl_json({"show", vm})["trust_level"], "untrusted");
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    t.reset_sensors();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    EXPECT_EQ(t.sensor(t.internet.ns), 0U);
+  }
+  EXPECT_GE(t.drop_counter(vm + " not-allowed"), 10U);
+}
+
 TEST_F(EnforcementTest, ReleaseRemovesEveryRuleOfTheVm) {
   std::string vm = allocate(untrusted_key_);
   auto& t = *topo_;
   // Something in the meters and the drop counters, too.
   EXPECT_FALSE(t.ping(vm, t.internet.v4));
   ASSERT_NE(t.nft_list().find("\"" + vm + "\" . \"not-allowed\" counter"), std::string::npos);
+  // And a flow conntrack knows: none may outlive the VM, or a later VM
+  // given its address could carry it on.
+  const std::string mark = "mark=" + std::to_string(t.ctl_json({"show", vm})["id"].get<int>()) + " ";
+  auto conntrack = [&] { return t.in_ns(t.host_ns(), {"cat", "/proc/net/nf_conntrack"}).out; };
+  ASSERT_TRUE(t.ping(vm, t.client.v4));
+  ASSERT_NE(conntrack().find(mark), std::string::npos) << conntrack();
   ASSERT_EQ(t.ctl({"release", vm}).code, 0);
   std::string after = t.nft_list();
   EXPECT_EQ(after.find("vm_" + vm), std::string::npos) << after;
   EXPECT_EQ(after.find("\"" + vm + "\""), std::string::npos) << after;
+  EXPECT_EQ(conntrack().find(mark), std::string::npos) << conntrack();
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <regex>
 
 namespace sg::test {
@@ -265,6 +266,21 @@ udp = ["203.0.113.34:5353"]
 icmp = ["echo-request"]
 icmpv6 = ["echo-request"]
 )" + semi_more;
+}
+
+EstablishedUdpFlow::EstablishedUdpFlow(const Topology& t, const std::string& vm, const std::string& ns,
+                                       const std::string& addr, int port, int seconds)
+    : echo_([&t, ns, addr, port, seconds] {
+        t.in_ns(ns, {sgprobe_bin(), "udp-echo", std::to_string(port), std::to_string(seconds + 2), addr});
+      }),
+      sender_([&t, vm, addr, port, seconds] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the echo is listening
+        t.in_guest(vm, {sgprobe_bin(), "udp-send", addr, std::to_string(port), std::to_string(seconds * 20), "50"});
+      }) {}
+
+EstablishedUdpFlow::~EstablishedUdpFlow() {
+  sender_.join();
+  echo_.join();
 }
 
 }  // namespace sg::test

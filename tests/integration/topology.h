@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/harness.h"
@@ -86,6 +87,22 @@ class Topology {
   std::unique_ptr<Netns> host_;
   std::vector<std::unique_ptr<Netns>> others_;
   std::unique_ptr<DaemonProcess> daemon_;
+};
+
+// A UDP flow that has seen replies is established in conntrack; the rules
+// pass such packets early (the short path, or a level's "established"
+// rule). Sends one datagram every 50 ms from one socket for `seconds` from
+// the guest of `vm` to an echo in `ns` at addr:port, in the background.
+class EstablishedUdpFlow {
+ public:
+  EstablishedUdpFlow(const Topology& t, const std::string& vm, const std::string& ns, const std::string& addr, int port,
+                     int seconds);
+  ~EstablishedUdpFlow();
+  EstablishedUdpFlow(const EstablishedUdpFlow&) = delete;
+  EstablishedUdpFlow& operator=(const EstablishedUdpFlow&) = delete;
+
+ private:
+  std::thread echo_, sender_;
 };
 
 std::string sgprobe_bin();

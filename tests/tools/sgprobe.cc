@@ -5,6 +5,7 @@
 //   sgprobe frag ADDR                            a lone non-first IPv4 fragment (raw socket)
 //   sgprobe syn ADDR PORT COUNT [INTERVAL_MS]    TCP connects without waiting (SYN floods in miniature)
 //   sgprobe udp-spray ADDR FIRST_PORT COUNT      one datagram to each of COUNT ports: COUNT new flows at once
+//   sgprobe udp-echo PORT SECONDS [ADDR]         answers every datagram (to ADDR, or any) for SECONDS
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -70,6 +71,33 @@ int udp_send(const char* addr, int port, int count, int interval_ms) {
     int n = std::snprintf(msg, sizeof msg, "sgprobe %d", i);
     sendto(fd, msg, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&ss), len);
     if (interval_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+  }
+  close(fd);
+  return 0;
+}
+
+// Sends every datagram back to where it came from, so a UDP flow becomes
+// established in conntrack (replies seen).
+int udp_echo(int port, int seconds, const char* addr) {
+  // On ADDR when given: answers then come from the address asked (a host
+  // with several addresses would otherwise pick the source by route).
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  if (addr == nullptr) addr = "::";
+  if (!make_addr(addr, port, ss, len)) return 64;
+  int fd = socket(ss.ss_family, SOCK_DGRAM, 0);
+  int off = 0;
+  if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) return 4;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    char buf[2048];
+    sockaddr_storage from{};
+    socklen_t flen = sizeof from;
+    const ssize_t n = recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &flen);
+    if (n > 0) sendto(fd, buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), flen);
   }
   close(fd);
   return 0;
@@ -160,6 +188,7 @@ int main(int argc, char** argv) {
   auto arg = [&](int i, int def) { return argc > i ? std::atoi(argv[i]) : def; };
   if (mode == "tcp-connect") return tcp_connect(argv[2], arg(3, 80), arg(4, 1500));
   if (mode == "udp-send") return udp_send(argv[2], arg(3, 9), arg(4, 1), arg(5, 0));
+  if (mode == "udp-echo") return udp_echo(std::atoi(argv[2]), arg(3, 10), argc > 4 ? argv[4] : nullptr);
   if (mode == "udp-spray") return udp_spray(argv[2], arg(3, 10000), arg(4, 1000));
   if (mode == "syn") return syn_burst(argv[2], arg(3, 80), arg(4, 10), arg(5, 10));
   if (mode == "frag") return lone_fragment(argv[2]);

@@ -327,6 +327,30 @@ TEST_F(TunnelTest, BadRequestsAreRefusedAndLeaveNothingBehind) {
   EXPECT_EQ(gone.code, 4) << gone.err;
 }
 
+// Taking a tunnel down ends the flows that went through it: without that,
+// an established flow would carry on, routed straight to the internet from
+// the VM's own address.
+TEST_F(TunnelTest, TunnelDownEndsTheFlowsThatWentThroughIt) {
+  auto& t = *topo_;
+  std::string vm = allocate(key_, {"--tunnel"});
+  ASSERT_FALSE(vm.empty());
+  start_client_end(vm);
+  {
+    EstablishedUdpFlow flow(t, vm, t.internet.ns, t.internet.v4, 7300, 5);
+    std::this_thread::sleep_for(1500ms);
+    const std::uint64_t through = seen_from_client();
+    EXPECT_GT(through, 5U);
+    ASSERT_EQ(t.ctl({"tunnel", "down", vm}, key_).code, 0);
+    std::this_thread::sleep_for(200ms);
+    t.reset_sensors();
+    const std::uint64_t at_down = seen_from_client();
+    std::this_thread::sleep_for(2000ms);
+    EXPECT_EQ(t.sensor(t.internet.ns), 0U) << "the VM's own address reached the internet";
+    EXPECT_EQ(seen_from_client(), at_down);
+  }
+  EXPECT_GE(t.drop_counter(vm + " not-allowed"), 10U);
+}
+
 TEST_F(TunnelTest, DaemonRestartRebuildsTheTunnel) {
   auto& t = *topo_;
   std::string vm = allocate(key_, {"--tunnel"});

@@ -1,0 +1,62 @@
+// Ends flows in the kernel's conntrack table, so that a change of what a VM
+// may reach also applies to the connections it already has.
+//
+// The rules accept established flows early (docs/enforcement.md, "short
+// path"), and a level chain accepts what conntrack calls established. So
+// when a hole closes, a VM's level changes, its tunnel goes down or the VM
+// is released, the daemon deletes the conntrack entries concerned: the next
+// packet of such a flow is a new one to conntrack and meets the rules as
+// they are now. A TCP connection that is still allowed carries on (conntrack
+// picks it up mid-stream, nf_conntrack_tcp_loose); one that is not any more
+// is dropped. The flow log records the old entry as ended.
+//
+// Only flows the rules marked with the VM's id are touched (ct mark &
+// kVmIdMarkMask), selected by the kernel during the dump.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "common/net.h"
+#include "common/raii/nftnl.h"
+#include "common/result.h"
+#include "netpolicy/conntrack_listener.h"
+
+namespace sg::netpolicy {
+
+// Which of a VM's flows to end. Everything unset selects all of them.
+struct FlowSelector {
+  std::int64_t vm_id = 0;
+  // Only flows the VM sent to this prefix (original direction).
+  std::optional<Prefix> destination;
+  std::uint8_t protocol = 0;  // IPPROTO_*; 0: any
+  // Destination ports, for protocols with ports; [0, 65535]: any.
+  std::uint16_t first_port = 0;
+  std::uint16_t last_port = 65535;
+};
+
+// Whether `flow` (a conntrack entry of the VM) is one `s` selects. Pure.
+[[nodiscard]] bool selects(const FlowSelector& s, const FlowEvent& flow);
+
+class ConntrackFlusher {
+ public:
+  // A netlink socket in the calling thread's network namespace.
+  static Result<ConntrackFlusher> open();
+
+  // Ends every flow `s` selects; returns how many were ended. A flow that
+  // ends by itself meanwhile is no error.
+  Result<std::size_t> end_flows(const FlowSelector& s);
+
+ private:
+  explicit ConntrackFlusher(nft::MnlSocket sock) : sock_(std::move(sock)) {}
+  // Sends one request and reads until its answer (or the dump) is complete;
+  // on_message sees every message of a dump.
+  template <class OnMessage>
+  Status exchange(std::vector<char>& request, const char* what, OnMessage on_message);
+
+  nft::MnlSocket sock_;
+  std::uint32_t seq_ = 0;
+};
+
+}  // namespace sg::netpolicy
