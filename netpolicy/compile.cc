@@ -763,16 +763,20 @@ std::vector<Chain> Compiler::shared_chains() const {
     forward.rules.push_back(rule({from_tap, ct_state(kCtEstablished), direction(false)},
                                  {PriorityMap{plain_key, "vm_plain"}, go_to("vm_out_plain")},
                                  "established plain flows of a VM, in its class: the short path"));
-    forward.rules.push_back(rule({to_tap, ct_state(kCtEstablished), direction(true)},
-                                 {PriorityMap{plain_in_key, "vm_plain_in"}, accept()},
-                                 "replies of a VM's plain flows, in its class"));
   } else {
     forward.rules.push_back(rule({from_tap, ct_state(kCtEstablished), direction(false), in_set(plain_key, "vm_plain")},
                                  {go_to("vm_out_plain")}, "established plain flows of a VM: the short path"));
-    forward.rules.push_back(
-        rule({to_tap, ct_state(kCtEstablished), direction(true), in_set(plain_in_key, "vm_plain_in")}, {accept()},
-             "replies of a VM's plain flows"));
   }
+  // Replies of plain flows: after every packet from a VM's tap has been
+  // taken by the rules below (a reply sent by another VM meets that VM's
+  // anti-spoofing first), so only what comes from outside or out of a
+  // tunnel gets here.
+  Rule plain_replies =
+      opt_.shaping
+          ? rule({to_tap, ct_state(kCtEstablished), direction(true)},
+                 {PriorityMap{plain_in_key, "vm_plain_in"}, accept()}, "replies of a VM's plain flows, in its class")
+          : rule({to_tap, ct_state(kCtEstablished), direction(true), in_set(plain_in_key, "vm_plain_in")}, {accept()},
+                 "replies of a VM's plain flows");
   // From a VM with its own MAC (one lookup for both); from a VM's tap with
   // another MAC: dropped.
   // (The name prefix first: a packet from the uplink costs a compare, not
@@ -789,6 +793,7 @@ std::vector<Chain> Compiler::shared_chains() const {
   not_tunnel.op = Match::Op::not_prefix;
   forward.rules.push_back(rule({from_tap, not_tunnel}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules sends nothing"));
+  forward.rules.push_back(std::move(plain_replies));
   forward.rules.push_back(rule({to_tap, in_set({Field::oifname}, "vms")}, {go_to("vm_in")}, "packets to a VM"));
   forward.rules.push_back(rule({to_tap}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules receives nothing"));

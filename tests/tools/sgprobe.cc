@@ -1,7 +1,7 @@
 // sgprobe: small, deterministic traffic generator for the namespace tests.
 //
 //   sgprobe tcp-connect ADDR PORT [TIMEOUT_MS]   exit 0 connected, 2 refused (reached), 3 timed out
-//   sgprobe udp-send ADDR PORT COUNT [INTERVAL_MS]
+//   sgprobe udp-send ADDR PORT COUNT [INTERVAL_MS] [SRC_PORT] [SRC_ADDR]
 //   sgprobe frag ADDR                            a lone non-first IPv4 fragment (raw socket)
 //   sgprobe syn ADDR PORT COUNT [INTERVAL_MS]    TCP connects without waiting (SYN floods in miniature)
 //   sgprobe udp-spray ADDR FIRST_PORT COUNT      one datagram to each of COUNT ports: COUNT new flows at once
@@ -61,11 +61,23 @@ int tcp_connect(const char* addr, int port, int timeout_ms) {
   return 4;
 }
 
-int udp_send(const char* addr, int port, int count, int interval_ms) {
+int udp_send(const char* addr, int port, int count, int interval_ms, int src_port, const char* src_addr) {
   sockaddr_storage ss{};
   socklen_t len = 0;
   if (!make_addr(addr, port, ss, len)) return 64;
   int fd = socket(ss.ss_family, SOCK_DGRAM, 0);
+  if (src_port > 0 || src_addr != nullptr) {
+    // From a given port (and address): to send on an existing flow's tuple.
+    sockaddr_storage from{};
+    socklen_t flen = 0;
+    if (!make_addr(src_addr != nullptr ? src_addr : (ss.ss_family == AF_INET ? "0.0.0.0" : "::"), src_port, from,
+                   flen)) {
+      return 64;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_IP, IP_FREEBIND, &one, sizeof one);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&from), flen) != 0) return 4;
+  }
   for (int i = 0; i < count; ++i) {
     char msg[32];
     int n = std::snprintf(msg, sizeof msg, "sgprobe %d", i);
@@ -187,7 +199,8 @@ int main(int argc, char** argv) {
   std::string mode = argv[1];
   auto arg = [&](int i, int def) { return argc > i ? std::atoi(argv[i]) : def; };
   if (mode == "tcp-connect") return tcp_connect(argv[2], arg(3, 80), arg(4, 1500));
-  if (mode == "udp-send") return udp_send(argv[2], arg(3, 9), arg(4, 1), arg(5, 0));
+  if (mode == "udp-send")
+    return udp_send(argv[2], arg(3, 9), arg(4, 1), arg(5, 0), arg(6, 0), argc > 7 ? argv[7] : nullptr);
   if (mode == "udp-echo") return udp_echo(std::atoi(argv[2]), arg(3, 10), argc > 4 ? argv[4] : nullptr);
   if (mode == "udp-spray") return udp_spray(argv[2], arg(3, 10000), arg(4, 1000));
   if (mode == "syn") return syn_burst(argv[2], arg(3, 80), arg(4, 10), arg(5, 10));

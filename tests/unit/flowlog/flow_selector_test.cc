@@ -30,11 +30,11 @@ TEST(FlowSelector, AHolesDestinationProtocolAndPorts) {
   FlowSelector hole{7, *Prefix::parse("203.0.113.0/24"), IPPROTO_UDP, 5000, 5010};
   EXPECT_TRUE(selects(hole, flow(7, "203.0.113.9", IPPROTO_UDP, 5000)));
   EXPECT_TRUE(selects(hole, flow(7, "203.0.113.200", IPPROTO_UDP, 5010)));
-  EXPECT_FALSE(selects(hole, flow(7, "203.0.113.9", IPPROTO_UDP, 5011)));    // other port
-  EXPECT_FALSE(selects(hole, flow(7, "203.0.113.9", IPPROTO_TCP, 5000)));    // other protocol
-  EXPECT_FALSE(selects(hole, flow(7, "198.51.100.9", IPPROTO_UDP, 5000)));   // outside the prefix
-  EXPECT_FALSE(selects(hole, flow(7, "2001:db8::9", IPPROTO_UDP, 5000)));    // other family
-  EXPECT_FALSE(selects(hole, flow(7, "203.0.113.9", IPPROTO_ICMP, 0)));      // no ports
+  EXPECT_FALSE(selects(hole, flow(7, "203.0.113.9", IPPROTO_UDP, 5011)));   // other port
+  EXPECT_FALSE(selects(hole, flow(7, "203.0.113.9", IPPROTO_TCP, 5000)));   // other protocol
+  EXPECT_FALSE(selects(hole, flow(7, "198.51.100.9", IPPROTO_UDP, 5000)));  // outside the prefix
+  EXPECT_FALSE(selects(hole, flow(7, "2001:db8::9", IPPROTO_UDP, 5000)));   // other family
+  EXPECT_FALSE(selects(hole, flow(7, "203.0.113.9", IPPROTO_ICMP, 0)));     // no ports
   // Any protocol, any port: everything to the destination.
   FlowSelector any{7, *Prefix::parse("2001:db8:a::/64")};
   EXPECT_TRUE(selects(any, flow(7, "2001:db8:a::2", IPPROTO_ICMPV6, 0)));

@@ -248,6 +248,18 @@ TEST(Compiler, LevelsEndAsTheyShould) {
     }
   }
   EXPECT_EQ(entries, 1);
+  // Replies are passed early only once every packet from a tap has been
+  // taken (checked as its sender's): a VM cannot slip a spoofed "reply"
+  // into another VM's flow.
+  const auto& fwd = find_chain(rs, "forward")->rules;
+  std::size_t replies = fwd.size(), last_from_tap = 0;
+  for (std::size_t i = 0; i < fwd.size(); ++i) {
+    const std::string text = to_nft_text(fwd[i]);
+    if (text.find("@vm_plain_in") != std::string::npos) replies = i;
+    if (text.rfind("iifname \"sg*\" iifname", 0) == 0) last_from_tap = i;
+  }
+  ASSERT_LT(replies, fwd.size());
+  EXPECT_GT(replies, last_from_tap) << to_nft_text(*find_chain(rs, "forward"));
   // The element is the VM's id with the plain bit, not a SYN-only probe's.
   const Set* ps = find_set(rs, "vm_plain");
   ASSERT_NE(ps, nullptr);
