@@ -142,6 +142,11 @@ std::int64_t vm_id_from_name(std::string_view name) {
   return id;
 }
 
+std::string drop_vm_device(std::string_view reason, const std::string& indev, const std::string& outdev) {
+  const std::string& dev = reason == "inbound" ? outdev : indev;
+  return vm_id_from_name(dev) != 0 ? dev : std::string();
+}
+
 void parse_packet_headers(std::span<const std::uint8_t> packet, std::uint16_t hw_protocol, DropEvent& ev) {
   if (hw_protocol == 0 && !packet.empty()) {
     const int version = packet[0] >> 4;
@@ -277,17 +282,8 @@ std::optional<DropEvent> NflogListener::handle(const nlmsghdr* nlh, std::int64_t
   }
   ev.vm_id = vm_id_from_name(ev.vm);
   if (ev.vm_id == 0) {
-    // "sg?": the VM is the tap the packet came in on, or for a packet to a
-    // VM (inbound) the one it was going out of.
-    for (const std::string* dev : {&ev.indev, &ev.outdev}) {
-      if (dev == &ev.outdev && ev.reason != "inbound") break;
-      const std::int64_t id = vm_id_from_name(*dev);
-      if (id == 0) continue;
-      ev.vm = *dev;
-      ev.vm_id = id;
-      break;
-    }
-    if (ev.vm_id == 0) ev.vm.clear();
+    ev.vm = drop_vm_device(ev.reason, ev.indev, ev.outdev);
+    ev.vm_id = vm_id_from_name(ev.vm);
   }
   std::uint16_t hw_protocol = 0;
   if (attrs[NFULA_PACKET_HDR] != nullptr &&

@@ -64,6 +64,10 @@ struct LogPrefix {
 std::optional<LogPrefix> parse_log_prefix(std::string_view prefix);
 // 7 for "sg7"; 0 for anything else ("sg?", "eth0", "sg07x").
 std::int64_t vm_id_from_name(std::string_view name);
+// Whose drop a shared rule's ("sg? <reason> ") is: the VM whose tap the
+// packet came in on, or for `inbound` (a VM's inbound policy) the one it
+// was going to, as the per-VM drop counters count it. Empty: no VM's.
+std::string drop_vm_device(std::string_view reason, const std::string& indev, const std::string& outdev);
 // Fills family, addresses, proto, ports, ICMP and length of `ev` from the start
 // of an IPv4, IPv6 or ARP packet (ethertype hw_protocol, or guessed from the
 // version nibble when 0). Exposed for unit tests.

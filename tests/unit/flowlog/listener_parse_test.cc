@@ -142,6 +142,17 @@ TEST(NflogParse, Prefixes) {
   EXPECT_EQ(vm_id_from_name("eth0"), 0);
 }
 
+// A shared rule's drop is the sending VM's, except `inbound`: the
+// receiving VM's (as the per-VM drop counters count it).
+TEST(NflogParse, WhoseDropASharedRulesIs) {
+  EXPECT_EQ(drop_vm_device("reserved", "sg3", "eth0"), "sg3");
+  EXPECT_EQ(drop_vm_device("not-allowed", "sg3", "sg5"), "sg3");  // VM to VM, the sender's policy
+  EXPECT_EQ(drop_vm_device("inbound", "sg3", "sg5"), "sg5");      // VM to VM, the receiver's policy
+  EXPECT_EQ(drop_vm_device("inbound", "eth0", "sg5"), "sg5");
+  EXPECT_EQ(drop_vm_device("no-chain", "eth0", "sg9"), "");  // to a tap no VM owns: nobody's
+  EXPECT_EQ(drop_vm_device("inbound", "sg3", "eth0"), "");
+}
+
 TEST(NflogParse, Ipv4UdpPacket) {
   std::vector<std::uint8_t> p = {0x45, 0, 0,  84, 0, 0, 0x40, 0,    64, IPPROTO_UDP, 0, 0,  192, 0,
                                  2,    3, 10, 1,  2, 3, 0x9c, 0x40, 0,  53,          0, 64, 0,   0};
