@@ -273,6 +273,14 @@ std::vector<Set> Compiler::shared_sets() const {
   return sets;
 }
 
+std::vector<Set> Compiler::packet_path_sets() const {
+  std::vector<Set> out;
+  for (Set& s : vm_sets()) {
+    if (s.dynamic) out.push_back(std::move(s));
+  }
+  return out;
+}
+
 std::vector<Set> Compiler::policy_sets() const {
   const auto& g = policy_.guardrails;
   std::vector<Set> sets;

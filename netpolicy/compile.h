@@ -142,10 +142,9 @@ class Compiler {
 
   [[nodiscard]] const CompileOptions& options() const { return opt_; }
   // The dynamic sets the packet path fills, keyed by a VM's interface name
-  // first (meters, SYN rate, drop counters): purged when a VM goes.
-  [[nodiscard]] static std::vector<std::string> meter_sets() {
-    return {"dst_pps_v4", "dst_bps_v4", "dst_pps_v6", "dst_bps_v6", "syn_rate", "drops"};
-  }
+  // first (meters, SYN rate, drop counters), as declared: purged when a VM
+  // goes.
+  [[nodiscard]] std::vector<Set> packet_path_sets() const;
   // The chain a drop for `reason` goes to ("spoof-ip" -> "drop_spoof_ip").
   [[nodiscard]] static std::string drop_chain(const std::string& reason);
 

@@ -1557,47 +1557,43 @@ Result<std::vector<Bytes>> NftBackend::element_keys(TableFamily family, const st
   return keys;
 }
 
-Result<std::size_t> NftBackend::purge_elements(TableFamily family, const std::string& table, const std::string& set,
+Result<std::size_t> NftBackend::purge_elements(TableFamily family, const std::string& table, const Set& decl,
                                                const Bytes& key_prefix) {
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    auto decl = kernel_set(family, table, set);
-    if (!decl) return decl.error();
-    auto keys = element_keys(family, table, set);
-    if (!keys) return keys.error();
-    const bool concat = decl->key.size() > 1;
-    std::vector<SetElement> doomed;
-    for (const auto& k : *keys) {
-      if (k.size() < key_prefix.size() || !std::equal(key_prefix.begin(), key_prefix.end(), k.begin())) continue;
-      // The kernel's key is the parts back to back (padded to 4 bytes each
-      // when concatenated): split it the way add_elements_to() joins it.
-      SetElement e;
-      std::size_t off = 0;
-      for (auto kt : decl->key) {
-        const std::uint32_t part = key_spec(kt).len;
-        if (off + part > k.size()) break;
-        e.key.push_back(
-            {Bytes(k.begin() + static_cast<std::ptrdiff_t>(off), k.begin() + static_cast<std::ptrdiff_t>(off + part)),
-             {}});
-        off += concat ? round4(part) : part;
-      }
-      if (e.key.size() == decl->key.size()) doomed.push_back(std::move(e));
+  auto keys = element_keys(family, table, decl.name);
+  if (!keys) return keys.error();
+  const bool concat = decl.key.size() > 1;
+  std::vector<SetElement> doomed;
+  for (const auto& k : *keys) {
+    if (k.size() < key_prefix.size() || !std::equal(key_prefix.begin(), key_prefix.end(), k.begin())) continue;
+    // The kernel's key is the parts back to back (padded to 4 bytes each
+    // when concatenated): split it the way add_elements_to() joins it.
+    SetElement e;
+    std::size_t off = 0;
+    for (auto kt : decl.key) {
+      const std::uint32_t part = key_spec(kt).len;
+      if (off + part > k.size()) break;
+      e.key.push_back(
+          {Bytes(k.begin() + static_cast<std::ptrdiff_t>(off), k.begin() + static_cast<std::ptrdiff_t>(off + part)),
+           {}});
+      off += concat ? round4(part) : part;
     }
-    if (doomed.empty()) return std::size_t{0};
-    Plan plan;
-    Op op;
-    op.kind = Op::Kind::delete_elements;
-    op.family = family;
-    op.table = table;
-    op.name = set;
-    op.set = *decl;
-    op.elements = std::move(doomed);
-    const std::size_t count = op.elements.size();
-    plan.ops.push_back(std::move(op));
-    auto st = apply(plan);
-    if (st) return count;
-    if (st.error().sys_errno != ENOENT) return st.error();  // else one timed out meanwhile: dump again
+    if (e.key.size() == decl.key.size()) doomed.push_back(std::move(e));
   }
-  return make_error("elements of " + set + " kept timing out while being purged; they go on their own");
+  if (doomed.empty()) return std::size_t{0};
+  // Destroy: an element that timed out since the dump is no error.
+  Op op;
+  op.kind = Op::Kind::destroy_elements;
+  op.family = family;
+  op.table = table;
+  op.name = decl.name;
+  op.set = decl;
+  op.set.elements.clear();
+  op.elements = std::move(doomed);
+  const std::size_t count = op.elements.size();
+  Plan plan;
+  plan.ops.push_back(std::move(op));
+  if (auto st = apply(plan); !st) return st.error();
+  return count;
 }
 
 Result<bool> NftBackend::table_exists(TableFamily family, const std::string& name) {

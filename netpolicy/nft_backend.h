@@ -42,11 +42,11 @@ class NftBackend {
   Result<QuotaObject> read_quota(TableFamily family, const std::string& table, const std::string& name,
                                  bool reset = false);
 
-  // Deletes every element of a set whose key starts with key_prefix (a
-  // released VM's entries of a meter shared by all VMs, keyed by its
-  // interface name first). Returns how many went. Elements that time out
-  // meanwhile are tolerated (the dump is retried).
-  Result<std::size_t> purge_elements(TableFamily family, const std::string& table, const std::string& set,
+  // Deletes every element of the set `decl` declares whose key starts with
+  // key_prefix (a released VM's entries of a meter shared by all VMs, keyed
+  // by its interface name first). Returns how many were found. Elements
+  // that time out meanwhile are no error.
+  Result<std::size_t> purge_elements(TableFamily family, const std::string& table, const Set& decl,
                                      const Bytes& key_prefix);
 
   // The netlink port id of this socket. Kernel notifications about changes

@@ -140,11 +140,11 @@ void Enforcer::released(const VmRecord& vm, const VmAddresses& /*addr*/) {
   end_flows({vm.id}, "released");
   // Its entries in the dynamic sets shared by all VMs (meters, SYN rate,
   // drop counters; keyed by its interface first): a release leaves nothing.
-  for (const auto& meter : netpolicy::Compiler::meter_sets()) {
+  for (const auto& set : compiler.packet_path_sets()) {
     auto purged =
-        backend_.purge_elements(netpolicy::TableFamily::inet, opt_.table, meter, netpolicy::ifname_bytes(vm.name));
+        backend_.purge_elements(netpolicy::TableFamily::inet, opt_.table, set, netpolicy::ifname_bytes(vm.name));
     if (!purged)
-      log::warning("nftables: meter entries of " + vm.name + " in " + meter + ": " + purged.error().describe());
+      log::warning("nftables: meter entries of " + vm.name + " in " + set.name + ": " + purged.error().describe());
   }
   installed_.erase(it);
 }

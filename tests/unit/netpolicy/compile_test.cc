@@ -411,6 +411,22 @@ TEST(Compiler, AddVmJoinsVmsLastRemoveVmLeavesItFirst) {
   EXPECT_EQ(rm.ops.back().kind, Op::Kind::delete_quota);
 }
 
+// What a release purges of the sets the packet path fills: each as
+// declared, keyed by the interface first.
+TEST(Compiler, PacketPathSetsAreTheDynamicOnesKeyedByInterface) {
+  auto policy = test_policy();
+  Compiler c(policy, CompileOptions{});
+  std::vector<std::string> names;
+  for (const Set& s : c.packet_path_sets()) {
+    names.push_back(s.name);
+    EXPECT_TRUE(s.dynamic) << s.name;
+    ASSERT_FALSE(s.key.empty());
+    EXPECT_EQ(s.key[0], KeyType::ifname) << s.name;
+  }
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"dst_pps_v4", "dst_bps_v4", "dst_pps_v6", "dst_bps_v6", "syn_rate", "drops"}));
+}
+
 TEST(Compiler, OwnerIpv4OnlyDropsIpv6OfEveryVm) {
   auto p = trust::parse_policy("[owner]\naddress_families = \"ipv4\"\n", "p.toml");
   ASSERT_TRUE(p.ok()) << p.error().message;
