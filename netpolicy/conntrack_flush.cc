@@ -83,11 +83,15 @@ Result<ConntrackFlusher> ConntrackFlusher::open() {
 template <class OnMessage>
 Status ConntrackFlusher::exchange(std::vector<char>& request, const char* what, OnMessage on_message) {
   auto* nlh = reinterpret_cast<nlmsghdr*>(request.data());
-  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error(std::string("sending ") + what);
   const auto seq = nlh->nlmsg_seq;
   const auto portid = mnl_socket_get_portid(sock_.get());
   const int fd = mnl_socket_get_fd(sock_.get());
   std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 4);
+  // The rest of an answer an earlier call gave up on would fail the
+  // sequence check: drop it first.
+  while (recv(fd, buf.data(), buf.size(), MSG_DONTWAIT) > 0) {
+  }
+  if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error(std::string("sending ") + what);
   struct Ctx {
     OnMessage* on_message;
   } ctx{&on_message};
