@@ -30,9 +30,10 @@ void Enforcer::end_flows(const netpolicy::FlowSelector& s, const std::string& wh
     return;
   }
   flows_ended_ += *ended;
-  if (*ended > 0)
-    log::info("conntrack: ended " + std::to_string(*ended) + " flows of VM " + std::to_string(s.vm_id) + " (" + why +
-              ")");
+  if (*ended > 0) {
+    log::info("conntrack: ended " + std::to_string(*ended) + (*ended == 1 ? " flow" : " flows") + " of VM " +
+              std::to_string(s.vm_id) + " (" + why + ")");
+  }
 }
 
 Status Enforcer::apply(const netpolicy::Plan& plan) {

@@ -548,7 +548,7 @@ TEST_F(EnforcementTest, ClosingAHoleEndsTheFlowsOpenedThroughIt) {
     EXPECT_EQ(t.sensor(t.nodeA.ns), 0U);  // ~40 datagrams sent meanwhile, none arrived
   }
   EXPECT_GE(t.drop_counter(vm + " not-allowed"), 10U);
-  EXPECT_NE(t.daemon().log().find("conntrack: ended 1 flows of VM"), std::string::npos) << t.daemon().log();
+  EXPECT_NE(t.daemon().log().find("conntrack: ended 1 flow of VM"), std::string::npos) << t.daemon().log();
 }
 
 // A VM moved to a stricter level keeps none of what only the old level
