@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -38,7 +40,8 @@ double percentile(std::vector<double>& v, double p) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_main(int argc, char** argv) {
   Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -55,12 +58,12 @@ int main(int argc, char** argv) {
     else if (k == "--seconds")
       o.seconds = std::atoi(v.c_str());
     else {
-      std::fprintf(stderr, "api_load: unknown option %s\n", k.c_str());
+      (void)std::fprintf(stderr, "api_load: unknown option %s\n", k.c_str());
       return 2;
     }
   }
   if (o.certs.empty() || o.cacert.empty()) {
-    std::fprintf(stderr, "usage: api_load --certs DIR --cacert FILE [--url U] [--clients N] [--seconds S]\n");
+    (void)std::fprintf(stderr, "usage: api_load --certs DIR --cacert FILE [--url U] [--clients N] [--seconds S]\n");
     return 2;
   }
   std::atomic<bool> go = false;
@@ -69,6 +72,7 @@ int main(int argc, char** argv) {
   std::vector<double> latencies_ms;
   std::map<std::string, std::uint64_t> failures;
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(o.clients));
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.seconds + 2);
   for (int c = 0; c < o.clients; ++c) {
     threads.emplace_back([&, c] {
@@ -113,4 +117,16 @@ int main(int argc, char** argv) {
       {"p99_ms", percentile(l, 0.99)}, {"max_ms", l.empty() ? 0 : *std::max_element(l.begin(), l.end())}};
   std::printf("%s\n", out.dump(2).c_str());
   return errors == 0 ? 0 : 1;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Whatever escapes (std::bad_alloc, a library's exception) ends the
+  // program with one line instead of std::terminate.
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "api_load: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -93,7 +94,8 @@ netpolicy::Hole make_hole(const netpolicy::VmNet& vm, int j, std::int64_t now) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_main(int argc, char** argv) {
   int vms = 1000, holes_per_vm = 100, rounds = 200;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -244,4 +246,16 @@ int main(int argc, char** argv) {
   out["kernel"] = u.release;
   std::cout << out.dump() << "\n";
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Whatever escapes (std::bad_alloc, a library's exception) ends the
+  // program with one line instead of std::terminate.
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "authcert_bench: " << e.what() << "\n";
+    return 1;
+  }
 }

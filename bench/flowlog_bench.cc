@@ -240,8 +240,8 @@ FlowContext vm_context(int vm) {
   c.vm_name = "sg" + std::to_string(vm);
   const int client = vm % 300;
   char fp[80];
-  std::snprintf(fp, sizeof fp, "sha256:%016x%016x%016x%016x", client * 2654435761U, client * 40503U + 7,
-                client * 2246822519U, client + 0x5bd1e995U);
+  (void)std::snprintf(fp, sizeof fp, "sha256:%016x%016x%016x%016x", client * 2654435761U, client * 40503U + 7,
+                      client * 2246822519U, client + 0x5bd1e995U);
   c.client_fp = fp;
   c.trust_level = kLevels[vm % 3];
   if (vm % 3 == 1) c.authcert_id = "ac-" + std::to_string(100000 + client);
@@ -392,7 +392,7 @@ LiveResult run_live(const Options& o, const std::string& dir) {
   // the namespace it was created in).
   rlimit rl{};
   getrlimit(RLIMIT_NOFILE, &rl);
-  const auto want = static_cast<rlim_t>(o.sockets + 256);
+  const auto want = static_cast<rlim_t>(o.sockets) + 256;
   if (rl.rlim_cur < want) {
     rl.rlim_cur = std::min(want, rl.rlim_max);
     setrlimit(RLIMIT_NOFILE, &rl);
@@ -557,7 +557,7 @@ LiveResult run_live(const Options& o, const std::string& dir) {
                 static_cast<unsigned long long>(s.overruns), static_cast<long long>(s.ct_id_collisions),
                 s.drain_seconds, 100.0 * s.pipeline_cpu / (s.gen.seconds + s.drain_seconds), s.max_commit_ms,
                 s.max_queued, s.verdict.c_str());
-    std::fflush(stdout);
+    (void)std::fflush(stdout);
     const bool zero = s.missing == 0 && s.gaps == 0 && rate_reached;
     const bool accounted = (s.missing <= 0 || s.gaps > 0) && rate_reached;
     if (zero && zero_loss_streak_broken == 0) out.best_zero_loss = s.rate;

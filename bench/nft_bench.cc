@@ -209,6 +209,7 @@ class Child {
       dup2(devnull, 1);
       dup2(devnull, 2);
       std::vector<char*> args;
+      args.reserve(full.size() + 1);
       for (auto& a : full) args.push_back(a.data());
       args.push_back(nullptr);
       execvp(args[0], args.data());
@@ -284,7 +285,7 @@ Prefix prefix(const std::string& text) {
 
 std::string hex(unsigned v) {
   char buf[16];
-  std::snprintf(buf, sizeof buf, "%x", v);
+  (void)std::snprintf(buf, sizeof buf, "%x", v);
   return buf;
 }
 
@@ -596,7 +597,7 @@ std::string pass(bool ok) { return ok ? "PASS" : "MISS"; }
 
 std::string fmt(double v, int prec = 2) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+  (void)std::snprintf(buf, sizeof buf, "%.*f", prec, v);
   return buf;
 }
 
@@ -669,10 +670,10 @@ int run(const Options& o) {
          "kernel MiB\n";
   for (const auto& c : changes) {
     char line[256];
-    std::snprintf(line, sizeof line, "   %-6d %-7d | %8.2f %7.2f | %9.2f %7.2f | %8.2f %7.2f | %10.2f %7.2f | %8.0f\n",
-                  c.vms, c.vms * o.holes_per_vm, c.add_vm.median_ms, c.add_vm.p99_ms, c.remove_vm.median_ms,
-                  c.remove_vm.p99_ms, c.add_hole.median_ms, c.add_hole.p99_ms, c.remove_hole.median_ms,
-                  c.remove_hole.p99_ms, c.table_mib);
+    (void)std::snprintf(
+        line, sizeof line, "   %-6d %-7d | %8.2f %7.2f | %9.2f %7.2f | %8.2f %7.2f | %10.2f %7.2f | %8.0f\n", c.vms,
+        c.vms * o.holes_per_vm, c.add_vm.median_ms, c.add_vm.p99_ms, c.remove_vm.median_ms, c.remove_vm.p99_ms,
+        c.add_hole.median_ms, c.add_hole.p99_ms, c.remove_hole.median_ms, c.remove_hole.p99_ms, c.table_mib);
     std::cout << line;
     out["changes"].push_back({{"vms", c.vms},
                               {"hole_elements", c.vms * o.holes_per_vm},

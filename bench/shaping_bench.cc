@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -48,7 +49,7 @@ struct Peer {
     std::ifstream in(pidfile);
     long pid = 0;
     if (in >> pid && pid > 0) kill(static_cast<pid_t>(pid), SIGTERM);
-    std::remove(pidfile.c_str());
+    (void)std::remove(pidfile.c_str());
     sh("ip netns del " + ns + " 2>/dev/null");
   }
 };
@@ -81,7 +82,7 @@ int bench_add_time(TcBackend& tc) {
     }
     std::sort(ms.begin(), ms.end());
     std::printf("| %d | %.3f ms | %.3f ms |\n", present, ms[ms.size() / 2], ms[ms.size() * 9 / 10]);
-    std::fflush(stdout);
+    (void)std::fflush(stdout);
   }
   sh("ip link del sgb0");
   return 0;
@@ -96,10 +97,10 @@ int bench_accuracy(TcBackend& tc, const Peer& peer) {
   // What the daemon's chains do: pick the VM's "everything else" class.
   const std::uint32_t prio = tc_handle(kTcMajorDefault, 1, FlowClass::other);
   char rule[256];
-  std::snprintf(rule, sizeof rule,
-                "nft add table inet b; nft add chain inet b out '{ type filter hook output priority 0; }'; "
-                "nft add rule inet b out ip daddr 192.0.2.2 meta priority set %x:%x",
-                prio >> 16U, prio & 0xffffU);
+  (void)std::snprintf(rule, sizeof rule,
+                      "nft add table inet b; nft add chain inet b out '{ type filter hook output priority 0; }'; "
+                      "nft add rule inet b out ip daddr 192.0.2.2 meta priority set %x:%x",
+                      prio >> 16U, prio & 0xffffU);
   sh(rule);
   usleep(300'000);
   std::cout << "\n## achieved rate (iperf3 TCP, 5 s, first second omitted; goodput vs. cap)\n\n"
@@ -136,7 +137,8 @@ int bench_accuracy(TcBackend& tc, const Peer& peer) {
 
 }  // namespace
 
-int main() {
+namespace {
+int run_main() {
   if (geteuid() != 0) {
     std::cerr << "shaping_bench: needs root (it makes network namespaces)\n";
     return 2;
@@ -155,4 +157,16 @@ int main() {
   Peer peer;
   if (int rc = bench_add_time(*tc); rc != 0) return rc;
   return bench_accuracy(*tc, peer);
+}
+}  // namespace
+
+int main() {
+  // Whatever escapes (std::bad_alloc, a library's exception) ends the
+  // program with one line instead of std::terminate.
+  try {
+    return run_main();
+  } catch (const std::exception& e) {
+    std::cerr << "shaping_bench: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -886,7 +886,7 @@ Result<std::string> sign_authcert(const AuthcertContent& content, std::string_vi
     if (!certs) return certs.error();
     for (auto& c : *certs) {
       if (sk_X509_push(chain.get(), c.get()) <= 0) return make_error("out of memory");
-      c.release();  // the stack owns it now
+      (void)c.release();  // the stack owns it now
     }
   }
   ossl::Bio in(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));

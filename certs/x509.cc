@@ -328,7 +328,7 @@ Result<ossl::X509Crl> build_crl(X509* issuer, EVP_PKEY* issuer_key, const std::v
         X509_CRL_add0_revoked(crl.get(), entry.get()) != 1) {
       return make_error("cannot add a revoked serial to the CRL: " + openssl_error());
     }
-    entry.release();  // the CRL owns it now
+    (void)entry.release();  // the CRL owns it now
   }
   ossl::Asn1Integer number(ASN1_INTEGER_new());
   ASN1_INTEGER_set_uint64(number.get(), crl_number);

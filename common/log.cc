@@ -43,16 +43,16 @@ void write(Level level, const std::string& message) {
   std::lock_guard lock(s.mutex);
   if (static_cast<int>(level) > static_cast<int>(s.min_level)) return;
   if (s.journal) {
-    std::fprintf(stderr, "<%d>%s\n", static_cast<int>(level), message.c_str());
+    (void)std::fprintf(stderr, "<%d>%s\n", static_cast<int>(level), message.c_str());
   } else {
     std::time_t now = std::time(nullptr);
     std::tm tm{};
     gmtime_r(&now, &tm);
     char ts[32];
-    std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    std::fprintf(stderr, "%s surrogated[%s]: %s\n", ts, level_word(level), message.c_str());
+    (void)std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    (void)std::fprintf(stderr, "%s surrogated[%s]: %s\n", ts, level_word(level), message.c_str());
   }
-  std::fflush(stderr);
+  (void)std::fflush(stderr);
 }
 
 }  // namespace sg::log

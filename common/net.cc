@@ -85,7 +85,7 @@ bool Prefix::contains(const IpAddress& a) const {
 
 std::string format_mac(const std::array<std::uint8_t, 6>& mac) {
   char buf[18];
-  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+  (void)std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
   return buf;
 }
 

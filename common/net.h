@@ -25,6 +25,7 @@ struct IpAddress {
   [[nodiscard]] IpAddress plus(std::uint64_t n) const;
 
   friend bool operator==(const IpAddress&, const IpAddress&) = default;
+  // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy misreads a defaulted <=>
   friend auto operator<=>(const IpAddress&, const IpAddress&) = default;
 };
 
@@ -43,6 +44,7 @@ struct Prefix {
   [[nodiscard]] Family family() const { return address.family; }
 
   friend bool operator==(const Prefix&, const Prefix&) = default;
+  // NOLINTNEXTLINE(modernize-use-nullptr): as above
   friend auto operator<=>(const Prefix&, const Prefix&) = default;
 };
 

@@ -70,7 +70,7 @@ std::string hex_bytes(const Bytes& b) {
   std::string s = "0x";
   char buf[3];
   for (auto byte : b) {
-    std::snprintf(buf, sizeof buf, "%02x", byte);
+    (void)std::snprintf(buf, sizeof buf, "%02x", byte);
     s += buf;
   }
   return s;
@@ -80,7 +80,7 @@ std::string format_mac_bytes(const Bytes& b) {
   std::string s;
   char buf[4];
   for (std::size_t i = 0; i < b.size(); ++i) {
-    std::snprintf(buf, sizeof buf, i == 0 ? "%02x" : ":%02x", b[i]);
+    (void)std::snprintf(buf, sizeof buf, i == 0 ? "%02x" : ":%02x", b[i]);
     s += buf;
   }
   return s;
@@ -267,7 +267,7 @@ std::string value_text(Field f, const Bytes& v) {
     case Field::ct_mark:
     case Field::meta_mark: {
       char buf[16];
-      std::snprintf(buf, sizeof buf, "0x%08x", host_u32(v));
+      (void)std::snprintf(buf, sizeof buf, "0x%08x", host_u32(v));
       return buf;
     }
     case Field::ip6_exthdr_routing:
@@ -400,12 +400,12 @@ struct StatementText {
   std::string operator()(const QuotaRef& q) const { return "quota name \"" + q.name + "\""; }
   std::string operator()(const CtMarkSet& c) const {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "ct mark set 0x%08x", c.mark);
+    (void)std::snprintf(buf, sizeof buf, "ct mark set 0x%08x", c.mark);
     return buf;
   }
   std::string operator()(const PrioritySet& p) const {
     char buf[48];
-    std::snprintf(buf, sizeof buf, "meta priority set %x:%x", p.priority >> 16U, p.priority & 0xffffU);
+    (void)std::snprintf(buf, sizeof buf, "meta priority set %x:%x", p.priority >> 16U, p.priority & 0xffffU);
     return buf;
   }
   std::string operator()(const MeterUpdate& u) const {
@@ -414,7 +414,7 @@ struct StatementText {
   std::string operator()(const Verdict& v) const { return verdict_text(v); }
   std::string operator()(const MarkSet& m) const {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "meta mark set 0x%08x", m.mark);
+    (void)std::snprintf(buf, sizeof buf, "meta mark set 0x%08x", m.mark);
     return buf;
   }
   std::string operator()(const MssSet& m) const { return "tcp option maxseg size set " + std::to_string(m.mss); }
@@ -427,7 +427,7 @@ struct StatementText {
   }
   std::string operator()(const CtMarkOr& c) const {
     char buf[48];
-    std::snprintf(buf, sizeof buf, "ct mark set ct mark | 0x%08x", c.bits);
+    (void)std::snprintf(buf, sizeof buf, "ct mark set ct mark | 0x%08x", c.bits);
     return buf;
   }
   std::string operator()(const QuotaMap& q) const {

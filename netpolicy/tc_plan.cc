@@ -33,7 +33,7 @@ std::optional<TcSlot> tc_slot_of(std::uint32_t minor) {
 
 std::string tc_handle_text(std::uint32_t handle) {
   char buf[24];
-  std::snprintf(buf, sizeof buf, "%x:%x", handle >> 16U, handle & 0xffffU);
+  (void)std::snprintf(buf, sizeof buf, "%x:%x", handle >> 16U, handle & 0xffffU);
   return buf;
 }
 
@@ -136,7 +136,7 @@ std::string tc_rate_text(std::uint64_t bps) {
   }
   if (bps >= 1'000'000) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3gMbit", static_cast<double>(bps) / 1e6);
+    (void)std::snprintf(buf, sizeof buf, "%.3gMbit", static_cast<double>(bps) / 1e6);
     return buf;
   }
   if (bps >= 1'000) return std::to_string(bps / 1'000) + "Kbit";

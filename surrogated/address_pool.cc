@@ -5,8 +5,7 @@
 
 namespace sg {
 
-AddressPool::AddressPool(std::optional<Prefix> v4, std::optional<Prefix> v6, int max_vms)
-    : v4_(std::move(v4)), v6_(std::move(v6)) {
+AddressPool::AddressPool(std::optional<Prefix> v4, std::optional<Prefix> v6, int max_vms) : v4_(v4), v6_(v6) {
   std::int64_t n = max_vms;
   if (v4_) n = std::min<std::int64_t>(n, std::int64_t{1} << std::min(30 - v4_->length, 24));
   if (v6_) n = std::min<std::int64_t>(n, std::int64_t{1} << std::min(64 - v6_->length, 24));

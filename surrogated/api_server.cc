@@ -319,7 +319,7 @@ Result<std::vector<std::string>> ca_key_fingerprints(const std::string& pem_file
     X509_free(cert);
   }
   ERR_clear_error();  // the end of the file reads as an error
-  std::fclose(f);
+  (void)std::fclose(f);
   if (out.empty()) return make_error(pem_file + " holds no PEM certificate");
   return out;
 }

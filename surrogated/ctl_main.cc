@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -203,7 +204,8 @@ int run_policy(const Globals& g, CLI::App* check, CLI::App* show, CLI::App* relo
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_main(int argc, char** argv) {
   CLI::App app{"surrogatectl: allocate and manage surrogate VMs"};
   app.require_subcommand(1);
   Globals g;
@@ -442,4 +444,16 @@ int main(int argc, char** argv) {
     return 0;
   }
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Whatever escapes (std::bad_alloc, a library's exception) ends the
+  // program with one line instead of std::terminate.
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "surrogatectl: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -370,9 +370,13 @@ FlowLog& FlowLog::operator=(FlowLog&&) noexcept = default;
 
 FlowLog::~FlowLog() {
   if (!db_) return;
-  if (auto st = flush(); !st) {
-    log::error("flow log: " + std::to_string(queue_.size()) +
-               " records could not be written at shutdown and are lost: " + st.error().describe());
+  try {
+    if (auto st = flush(); !st) {
+      log::error("flow log: " + std::to_string(queue_.size()) +
+                 " records could not be written at shutdown and are lost: " + st.error().describe());
+    }
+  } catch (const std::exception& e) {  // out of memory while writing: nothing more to do at shutdown
+    log::error(std::string("flow log: records lost at shutdown: ") + e.what());
   }
 }
 

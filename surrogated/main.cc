@@ -1,13 +1,15 @@
 // surrogated: the host daemon.
 #include <CLI/CLI.hpp>
 #include <cstdlib>
+#include <exception>
 #include <iostream>
 
 #include "common/log.h"
 #include "surrogated/config.h"
 #include "surrogated/daemon.h"
 
-int main(int argc, char** argv) {
+namespace {
+int run_main(int argc, char** argv) {
   CLI::App app{"surrogated: rents VMs to clients and keeps the host from becoming an attack platform"};
   std::string config_path = "/etc/surrogated/surrogated.toml";
   bool check_only = false;
@@ -42,4 +44,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   return (*daemon)->run();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Whatever escapes (std::bad_alloc, a library's exception) ends the
+  // program with one line instead of std::terminate.
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "surrogated: " << e.what() << "\n";
+    return 1;
+  }
 }

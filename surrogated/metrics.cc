@@ -34,7 +34,7 @@ std::string LatencyHistogram::render(const std::string& name, const std::string&
   char le[32];
   for (std::size_t i = 0; i < bounds_.size(); ++i) {
     cumulative += counts_[i];
-    std::snprintf(le, sizeof le, "%g", bounds_[i]);
+    (void)std::snprintf(le, sizeof le, "%g", bounds_[i]);
     out += prom_line(name + "_bucket", {{"le", le}}, static_cast<double>(cumulative));
   }
   out += prom_line(name + "_bucket", {{"le", "+Inf"}}, static_cast<double>(count_));
@@ -75,9 +75,9 @@ std::string prom_line(const std::string& name, const std::map<std::string, std::
   }
   char buf[64];
   if (std::floor(value) == value && std::fabs(value) < 1e15) {
-    std::snprintf(buf, sizeof buf, " %.0f\n", value);
+    (void)std::snprintf(buf, sizeof buf, " %.0f\n", value);
   } else {
-    std::snprintf(buf, sizeof buf, " %.9g\n", value);
+    (void)std::snprintf(buf, sizeof buf, " %.9g\n", value);
   }
   return out + buf;
 }

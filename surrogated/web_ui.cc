@@ -56,13 +56,13 @@ bool same_secret(const std::string& a, const std::string& b) {
 std::string bytes_text(std::int64_t b) {
   char buf[32];
   if (b >= (1LL << 30)) {
-    std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(b) / (1LL << 30));
+    (void)std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(b) / (1LL << 30));
   } else if (b >= (1LL << 20)) {
-    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1LL << 20));
+    (void)std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1LL << 20));
   } else if (b >= 1024) {
-    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024);
+    (void)std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024);
   } else {
-    std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(b));
+    (void)std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(b));
   }
   return buf;
 }
@@ -70,9 +70,9 @@ std::string bytes_text(std::int64_t b) {
 std::string rate_text(std::uint64_t bps) {
   char buf[32];
   if (bps >= 1000000) {
-    std::snprintf(buf, sizeof buf, "%.1f Mbit/s", static_cast<double>(bps) / 1e6);
+    (void)std::snprintf(buf, sizeof buf, "%.1f Mbit/s", static_cast<double>(bps) / 1e6);
   } else {
-    std::snprintf(buf, sizeof buf, "%.1f kbit/s", static_cast<double>(bps) / 1e3);
+    (void)std::snprintf(buf, sizeof buf, "%.1f kbit/s", static_cast<double>(bps) / 1e3);
   }
   return buf;
 }

@@ -369,6 +369,7 @@ class Parser {
 
   static std::vector<Prefix> values(const std::vector<Located<Prefix>>& list) {
     std::vector<Prefix> out;
+    out.reserve(list.size());
     for (const auto& l : list) out.push_back(l.value);
     return out;
   }

@@ -391,7 +391,7 @@ std::string format_bit_rate(std::uint64_t bps) {
   auto with_unit = [](std::uint64_t value, std::uint64_t factor, const char* unit) {
     if (value % factor == 0) return std::to_string(value / factor) + " " + unit;
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.3g %s", static_cast<double>(value) / static_cast<double>(factor), unit);
+    (void)std::snprintf(buf, sizeof buf, "%.3g %s", static_cast<double>(value) / static_cast<double>(factor), unit);
     return std::string(buf);
   };
   if (bps >= 1'000'000'000 && bps % 1'000'000'000 == 0) return with_unit(bps, 1'000'000'000, "Gbit/s");

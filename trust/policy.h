@@ -39,6 +39,7 @@ struct PortRange {
   static Result<PortRange> parse(std::string_view text);
 
   friend bool operator==(const PortRange&, const PortRange&) = default;
+  // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy misreads a defaulted <=>
   friend auto operator<=>(const PortRange&, const PortRange&) = default;
 };
 

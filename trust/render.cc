@@ -96,6 +96,7 @@ std::string join(const std::vector<std::string>& items, const std::string& sep =
 
 std::vector<std::string> prefix_strings(const std::vector<Prefix>& list) {
   std::vector<std::string> out;
+  out.reserve(list.size());
   for (const auto& p : list) out.push_back(prefix_text(p));
   return out;
 }

@@ -92,7 +92,8 @@ Result<Fd> open_gre_socket(const TunnelConfig& c) {
   }
   // The inner MTU already leaves room for the headers; should the path be
   // narrower, fragmenting the outer packet beats dropping it.
-  int dont = v4 ? IP_PMTUDISC_DONT : IPV6_PMTUDISC_DONT;
+  static_assert(IP_PMTUDISC_DONT == IPV6_PMTUDISC_DONT);
+  int dont = IP_PMTUDISC_DONT;
   (void)::setsockopt(s.get(), v4 ? IPPROTO_IP : IPPROTO_IPV6, v4 ? IP_MTU_DISCOVER : IPV6_MTU_DISCOVER, &dont,
                      sizeof dont);
   if (c.socket_priority != 0) {

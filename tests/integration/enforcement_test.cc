@@ -287,7 +287,7 @@ TEST_F(EnforcementTest, ATapWithoutRulesReachesNoVmNotEvenAsItsClient) {
   auto& t = *topo_;
   const std::string vm4 = t.ctl_json({"show", vm})["ipv4"];
   // The guest counts UDP datagrams to port 9999.
-  for (std::vector<std::string> cmd : {
+  for (const std::vector<std::string>& cmd : {
            std::vector<std::string>{"nft", "add", "table", "inet", "probe"},
            std::vector<std::string>{"nft", "add", "counter", "inet", "probe", "hits"},
            std::vector<std::string>{"nft", "add", "chain", "inet", "probe", "in", "{", "type", "filter", "hook",

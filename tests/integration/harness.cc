@@ -73,6 +73,7 @@ RunResult run(const std::vector<std::string>& argv, const RunOptions& opts) {
       if (setgid(65534) != 0 || setuid(opts.uid) != 0) _exit(126);
     }
     std::vector<char*> args;
+    args.reserve(full.size() + 1);
     for (auto& a : full) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     execvp(args[0], args.data());

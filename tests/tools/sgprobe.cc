@@ -141,7 +141,7 @@ int syn_burst(const char* addr, int port, int count, int interval_ms) {
   if (!make_addr(addr, port, ss, len)) return 64;
   for (int i = 0; i < count; ++i) {
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
+    (void)connect(fd, reinterpret_cast<sockaddr*>(&ss), len);  // non-blocking: the SYN is what counts
     std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
     close(fd);
   }
@@ -193,7 +193,7 @@ int neighbour_advert(const char* target) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: sgprobe tcp-connect|udp-send|frag|syn ADDR ...\n");
+    (void)std::fprintf(stderr, "usage: sgprobe tcp-connect|udp-send|frag|syn ADDR ...\n");
     return 64;
   }
   std::string mode = argv[1];
@@ -206,6 +206,6 @@ int main(int argc, char** argv) {
   if (mode == "syn") return syn_burst(argv[2], arg(3, 80), arg(4, 10), arg(5, 10));
   if (mode == "frag") return lone_fragment(argv[2]);
   if (mode == "na") return neighbour_advert(argv[2]);
-  std::fprintf(stderr, "sgprobe: unknown mode %s\n", mode.c_str());
+  (void)std::fprintf(stderr, "sgprobe: unknown mode %s\n", mode.c_str());
   return 64;
 }

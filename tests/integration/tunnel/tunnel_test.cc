@@ -78,6 +78,7 @@ class Background {
       std::vector<std::string> full = {"nsenter", "--net=/run/netns/" + ns, "--"};
       full.insert(full.end(), argv.begin(), argv.end());
       std::vector<char*> args;
+      args.reserve(full.size() + 1);
       for (auto& a : full) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);
       execvp(args[0], args.data());

@@ -79,6 +79,7 @@ inline std::vector<std::pair<int, std::string>> node_extensions(
 inline std::string crl_of(const TestCert& ca, const std::vector<std::string>& revoked_serials,
                           std::int64_t this_update = kNow - kDay, std::int64_t next_update = kNow + 7 * kDay) {
   std::vector<RevokedEntry> entries;
+  entries.reserve(revoked_serials.size());
   for (const auto& s : revoked_serials) entries.push_back({s, this_update});
   auto crl = build_crl(ca.get(), ca.key.get(), entries, this_update, next_update, 1);
   EXPECT_TRUE(crl.ok()) << crl.error().describe();

@@ -98,7 +98,7 @@ TEST(DomainXml, ValidatesAgainstLibvirtsSchema) {
         while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
         EXPECT_EQ(pclose(p), 0) << hv << ":\n" << out << domain_xml(*s, hv);
       }
-      std::remove(path.c_str());
+      (void)std::remove(path.c_str());
     }
   }
 }
