@@ -767,13 +767,18 @@ std::vector<Chain> Compiler::shared_chains() const {
   const std::vector<Field> plain_key = {Field::iifname, Field::ether_saddr, Field::ct_mark};
   const std::vector<Field> plain_in_key = {Field::oifname, Field::ct_mark};
   auto direction = [](bool reply) { return eq(Field::ct_direction, u8_bytes(reply ? 1 : 0)); };
-  if (opt_.shaping) {
-    forward.rules.push_back(rule({from_tap, ct_state(kCtEstablished), direction(false)},
-                                 {PriorityMap{plain_key, "vm_plain"}, go_to("vm_out_plain")},
-                                 "established plain flows of a VM, in its class: the short path"));
-  } else {
-    forward.rules.push_back(rule({from_tap, ct_state(kCtEstablished), direction(false), in_set(plain_key, "vm_plain")},
-                                 {go_to("vm_out_plain")}, "established plain flows of a VM: the short path"));
+  // TCP and UDP only: a level's meters also count established ICMP echo
+  // requests (a ping flood keeps one flow), so those take the long way.
+  for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
+    if (opt_.shaping) {
+      forward.rules.push_back(rule({from_tap, l4proto(proto), ct_state(kCtEstablished), direction(false)},
+                                   {PriorityMap{plain_key, "vm_plain"}, go_to("vm_out_plain")},
+                                   "established plain flows of a VM, in its class: the short path"));
+    } else {
+      forward.rules.push_back(
+          rule({from_tap, l4proto(proto), ct_state(kCtEstablished), direction(false), in_set(plain_key, "vm_plain")},
+               {go_to("vm_out_plain")}, "established plain flows of a VM: the short path"));
+    }
   }
   // Replies of plain flows: after every packet from a VM's tap has been
   // taken by the rules below (a reply sent by another VM meets that VM's

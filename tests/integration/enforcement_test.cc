@@ -202,6 +202,20 @@ TEST_F(EnforcementTest, PerDestinationMeterLimitsEachVmOnItsOwn) {
   EXPECT_NE(meter().find("\"" + other + "\""), std::string::npos) << meter();
 }
 
+// A ping flood is one ICMP flow, established after the first answer: its
+// echo requests must keep meeting the per-destination meter (the short path
+// for established flows is TCP and UDP only).
+TEST_F(EnforcementTest, APingFloodKeepsMeetingTheMeter) {
+  std::string vm = allocate(trusted_key_);
+  auto& t = *topo_;
+  t.reset_sensors();
+  // 400 echo requests at 500/s; trusted allows 100 packets/s per
+  // destination (burst 100).
+  t.in_guest(vm, {"ping", "-q", "-c", "400", "-i", "0.002", "-W", "1", t.internet.v4});
+  EXPECT_GE(t.drop_counter(vm + " dest-rate"), 100U);
+  EXPECT_LE(t.sensor(t.internet.ns), 300U) << "the meter let most of the flood through";
+}
+
 TEST_F(EnforcementTest, SpoofedSourceAddressAndMacAreDropped) {
   std::string vm = allocate(trusted_key_);
   auto& t = *topo_;
