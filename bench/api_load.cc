@@ -11,14 +11,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
-#include <iostream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/main_guard.h"
 
 namespace {
 
@@ -121,12 +121,5 @@ int run_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Whatever escapes (std::bad_alloc, a library's exception) ends the
-  // program with one line instead of std::terminate.
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "api_load: " << e.what() << "\n";
-    return 1;
-  }
+  return sg::guarded_main("api_load", [&] { return run_main(argc, argv); });
 }

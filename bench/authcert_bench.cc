@@ -22,7 +22,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -33,6 +32,7 @@
 #include "certs/host_ca.h"
 #include "certs/identity.h"
 #include "certs/pki.h"
+#include "common/main_guard.h"
 #include "common/raii/fd.h"
 #include "common/timeutil.h"
 #include "netpolicy/compile.h"
@@ -250,12 +250,5 @@ int run_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Whatever escapes (std::bad_alloc, a library's exception) ends the
-  // program with one line instead of std::terminate.
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "authcert_bench: " << e.what() << "\n";
-    return 1;
-  }
+  return sg::guarded_main("authcert_bench", [&] { return run_main(argc, argv); });
 }

@@ -5,12 +5,11 @@
 
 #include <atomic>
 #include <csignal>
-#include <exception>
 #include <functional>
-#include <iostream>
 #include <stdexcept>
 #include <string>
 
+#include "common/main_guard.h"
 #include "tests/integration/harness.h"
 
 namespace sg::bench {
@@ -28,13 +27,7 @@ inline int run_main(const char* name, const std::string& ns_prefix, const std::f
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::signal(SIGHUP, on_signal);
-  int rc = 1;
-  try {
-    rc = body();
-  } catch (const std::exception& e) {
-    std::cerr << name << ": " << e.what() << "\n";
-    rc = 1;
-  }
+  const int rc = guarded_main(name, body);
   test::remove_netns_with_prefix(ns_prefix + "-");
   return rc;
 }

@@ -15,13 +15,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "common/main_guard.h"
 #include "netpolicy/tc_backend.h"
 #include "netpolicy/tc_plan.h"
 
@@ -161,12 +161,5 @@ int run_main() {
 }  // namespace
 
 int main() {
-  // Whatever escapes (std::bad_alloc, a library's exception) ends the
-  // program with one line instead of std::terminate.
-  try {
-    return run_main();
-  } catch (const std::exception& e) {
-    std::cerr << "shaping_bench: " << e.what() << "\n";
-    return 1;
-  }
+  return sg::guarded_main("shaping_bench", [] { return run_main(); });
 }

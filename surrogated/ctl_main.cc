@@ -2,7 +2,6 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdlib>
-#include <exception>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -10,6 +9,7 @@
 #include <sstream>
 
 #include "certs/identity.h"
+#include "common/main_guard.h"
 #include "common/timeutil.h"
 #include "surrogated/ctl_client.h"
 #include "surrogated/ctl_common.h"
@@ -448,12 +448,5 @@ int run_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Whatever escapes (std::bad_alloc, a library's exception) ends the
-  // program with one line instead of std::terminate.
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "surrogatectl: " << e.what() << "\n";
-    return 1;
-  }
+  return sg::guarded_main("surrogatectl", [&] { return run_main(argc, argv); });
 }

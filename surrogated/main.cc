@@ -1,10 +1,10 @@
 // surrogated: the host daemon.
 #include <CLI/CLI.hpp>
 #include <cstdlib>
-#include <exception>
 #include <iostream>
 
 #include "common/log.h"
+#include "common/main_guard.h"
 #include "surrogated/config.h"
 #include "surrogated/daemon.h"
 
@@ -48,12 +48,5 @@ int run_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Whatever escapes (std::bad_alloc, a library's exception) ends the
-  // program with one line instead of std::terminate.
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "surrogated: " << e.what() << "\n";
-    return 1;
-  }
+  return sg::guarded_main("surrogated", [&] { return run_main(argc, argv); });
 }
