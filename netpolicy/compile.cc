@@ -424,24 +424,21 @@ std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const V
   SetElement e;
   e.key.push_back({ifname_bytes(vm.name), {}});
   if (exact) {
-    // The network address: what the rule's masked destination equals.
-    Bytes network = address_bytes(hole.destination.address);
-    const Bytes mask = prefix_mask(network.size(), map.prefix_len);
-    for (std::size_t i = 0; i < network.size(); ++i) network[i] &= mask[i];
-    e.key.push_back({std::move(network), {}});
-  } else {
-    e.key.push_back(prefix_element(hole.destination).key[0]);
-  }
-  if (exact) {
+    // The network address (a Prefix holds no host bits): what the rule's
+    // masked destination equals.
+    e.key.push_back({address_bytes(hole.destination.address), {}});
     e.key.push_back({u8_bytes(hole.protocol), {}});
     e.key.push_back({be16_bytes(hole.ports.first), {}});
-  } else if (hole.protocol == 0) {
-    e.key.push_back({u8_bytes(0), u8_bytes(255)});
-    e.key.push_back({be16_bytes(0), be16_bytes(65535)});
   } else {
-    e.key.push_back({u8_bytes(hole.protocol), {}});
-    e.key.push_back(ported ? SetElement::Part{be16_bytes(hole.ports.first), be16_bytes(hole.ports.last)}
-                           : SetElement::Part{be16_bytes(0), be16_bytes(65535)});
+    e.key.push_back(prefix_element(hole.destination).key[0]);
+    if (hole.protocol == 0) {
+      e.key.push_back({u8_bytes(0), u8_bytes(255)});
+      e.key.push_back({be16_bytes(0), be16_bytes(65535)});
+    } else {
+      e.key.push_back({u8_bytes(hole.protocol), {}});
+      e.key.push_back(ported ? SetElement::Part{be16_bytes(hole.ports.first), be16_bytes(hole.ports.last)}
+                             : SetElement::Part{be16_bytes(0), be16_bytes(65535)});
+    }
   }
   if (hole.expires > 0) e.timeout_ms = static_cast<std::uint64_t>(std::max<std::int64_t>(1, hole.expires - now)) * 1000;
   e.comment = "hole " + std::to_string(hole.id);

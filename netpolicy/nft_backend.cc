@@ -548,17 +548,9 @@ class RuleCompiler {
           load(f, NFT_REG_1, static_cast<std::uint32_t>(whole));
           b_.cmp(NFT_REG_1, op, Bytes(m.value.begin(), m.value.begin() + static_cast<std::ptrdiff_t>(whole)));
         } else {
-          Bytes mask(spec.len, 0);
+          const Bytes mask = prefix_mask(spec.len, m.prefix_len);
           Bytes value = m.value;
-          for (int bit = 0; bit < bits; ++bit) {
-            const auto byte = static_cast<std::size_t>(bit / 8);
-            const auto flag = static_cast<std::uint8_t>(0x80U >> static_cast<unsigned>(bit % 8));
-            if (bit < m.prefix_len) {
-              mask[byte] |= flag;
-            } else {
-              value[byte] &= static_cast<std::uint8_t>(~flag);
-            }
-          }
+          for (std::size_t i = 0; i < value.size(); ++i) value[i] &= mask[i];
           load(f, NFT_REG_1);
           b_.bitwise(NFT_REG_1, mask);
           b_.cmp(NFT_REG_1, op, value);
