@@ -50,10 +50,6 @@ class ConntrackFlusher {
 
  private:
   explicit ConntrackFlusher(nft::MnlSocket sock) : sock_(std::move(sock)) {}
-  // Sends one request and reads until its answer (or the dump) is complete;
-  // on_message sees every message of a dump.
-  template <class OnMessage>
-  Status exchange(std::vector<char>& request, const char* what, OnMessage on_message);
 
   nft::MnlSocket sock_;
   std::uint32_t seq_ = 0;

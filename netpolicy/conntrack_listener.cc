@@ -5,7 +5,6 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -137,15 +136,6 @@ std::string enable_sysctl(const std::string& name) {
   return "";
 }
 
-Result<nft::MnlSocket> open_socket(const char* what) {
-  nft::MnlSocket sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
-  if (!sock) return make_sys_error(std::string("opening a netfilter netlink socket for ") + what);
-  if (mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
-    return make_sys_error(std::string("binding the netfilter netlink socket for ") + what);
-  }
-  return sock;
-}
-
 }  // namespace
 
 const char* to_string(FlowEvent::Kind kind) {
@@ -206,7 +196,7 @@ std::optional<FlowEvent> parse_conntrack_message(const nlmsghdr* nlh, std::int64
 }
 
 Result<ConntrackListener> ConntrackListener::open(const Options& options) {
-  auto events = open_socket("conntrack events");
+  auto events = open_netfilter_socket("conntrack events");
   if (!events) return events.error();
   for (int group : {NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY}) {
     if (mnl_socket_setsockopt(events->get(), NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0) {
@@ -219,7 +209,7 @@ Result<ConntrackListener> ConntrackListener::open(const Options& options) {
   // so DESTROY events are retried instead of lost (best effort: old kernels lack it).
   int one = 1;
   mnl_socket_setsockopt(events->get(), NETLINK_BROADCAST_ERROR, &one, sizeof one);
-  auto dump = open_socket("conntrack table dumps");
+  auto dump = open_netfilter_socket("conntrack table dumps");
   if (!dump) return dump.error();
 
   ConntrackListener listener(std::move(*events), std::move(*dump));
@@ -278,62 +268,29 @@ std::vector<FlowEvent> ConntrackListener::read_events() {
 }
 
 Result<std::vector<FlowEvent>> ConntrackListener::dump_table() {
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE * 4);
-  // Leftovers of an earlier dump that failed half way would fail the sequence check.
-  while (recv(mnl_socket_get_fd(dump_.get()), buf.data(), buf.size(), MSG_DONTWAIT) > 0) {
-  }
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
-  nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  nlh->nlmsg_seq = ++dump_seq_;
-  auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
-  nfg->nfgen_family = AF_UNSPEC;  // both IPv4 and IPv6 flows
-  nfg->version = NFNETLINK_V0;
-  nfg->res_id = 0;
-  if (mnl_socket_sendto(dump_.get(), nlh, nlh->nlmsg_len) < 0) return make_sys_error("requesting a conntrack dump");
-
-  struct Ctx {
-    std::vector<FlowEvent> flows;
-    std::int64_t now;
-  } ctx{{}, wall_ns()};
-  const auto portid = mnl_socket_get_portid(dump_.get());
-  const int fd = mnl_socket_get_fd(dump_.get());
-  for (;;) {
-    // The dump socket is non-blocking; wait for each part of the answer.
-    ssize_t n = recv(fd, buf.data(), buf.size(), 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        pollfd pfd{fd, POLLIN, 0};
-        if (poll(&pfd, 1, 5000) <= 0) {
-          return make_error("conntrack dump: no answer from the kernel within 5 s; retry the resync");
-        }
-        continue;
-      }
-      return make_sys_error("reading the conntrack dump (retry the resync)");
+  std::vector<char> req;
+  nlmsghdr* nlh = put_nfnl_request(req, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_DUMP,
+                                   AF_UNSPEC,  // both IPv4 and IPv6 flows
+                                   ++dump_seq_);
+  std::vector<FlowEvent> flows;
+  bool interrupted = false;
+  const std::int64_t now = wall_ns();
+  auto st = nfnl_exchange(dump_.get(), nlh, "the conntrack dump (retry the resync)", [&](const nlmsghdr* m) {
+    if ((m->nlmsg_flags & NLM_F_DUMP_INTR) != 0) {
+      interrupted = true;
+      errno = EINTR;
+      return MNL_CB_ERROR;
     }
-    int rc = mnl_cb_run(
-        buf.data(), static_cast<size_t>(n), dump_seq_, portid,
-        [](const nlmsghdr* m, void* data) -> int {
-          auto* c = static_cast<Ctx*>(data);
-          if ((m->nlmsg_flags & NLM_F_DUMP_INTR) != 0) {
-            errno = EINTR;
-            return MNL_CB_ERROR;
-          }
-          auto ev = parse_conntrack_message(m, c->now);
-          if (ev && ev->mark != 0) {
-            ev->kind = FlowEvent::Kind::open;
-            c->flows.push_back(std::move(*ev));
-          }
-          return MNL_CB_OK;
-        },
-        &ctx);
-    if (rc == MNL_CB_STOP) break;
-    if (rc < 0) {
-      return make_sys_error("conntrack dump failed or was interrupted by table changes (retry the resync)");
+    auto ev = parse_conntrack_message(m, now);
+    if (ev && ev->mark != 0) {
+      ev->kind = FlowEvent::Kind::open;
+      flows.push_back(std::move(*ev));
     }
-  }
-  return std::move(ctx.flows);
+    return MNL_CB_OK;
+  });
+  if (interrupted) return make_error("the conntrack dump was interrupted by table changes (retry the resync)");
+  if (!st) return st.error();
+  return flows;
 }
 
 }  // namespace sg::netpolicy

@@ -162,22 +162,15 @@ void parse_packet_headers(std::span<const std::uint8_t> packet, std::uint16_t hw
 }
 
 Result<NflogListener> NflogListener::open(const Options& options) {
-  nft::MnlSocket sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
-  if (!sock) return make_sys_error("opening a netfilter netlink socket for nflog");
-  if (mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0) return make_sys_error("binding the nflog socket");
-  NflogListener listener(std::move(sock), options.group);
+  auto sock = open_netfilter_socket("nflog");
+  if (!sock) return sock.error();
+  NflogListener listener(std::move(*sock), options.group);
   if (auto st = listener.set_receive_buffer(options.receive_buffer_bytes); !st) return st.error();
 
   // One request carrying bind, copy mode, flags and timeout, acknowledged by the kernel.
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
-  nlh->nlmsg_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-  nlh->nlmsg_seq = 1;
-  auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
-  nfg->nfgen_family = AF_UNSPEC;
-  nfg->version = NFNETLINK_V0;
-  nfg->res_id = htobe16(options.group);
+  std::vector<char> buf;
+  nlmsghdr* nlh = put_nfnl_request(buf, (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG, NLM_F_ACK, AF_UNSPEC, 1,
+                                   htobe16(options.group));
   nfulnl_msg_config_cmd cmd{NFULNL_CFG_CMD_BIND};
   mnl_attr_put(nlh, NFULA_CFG_CMD, sizeof cmd, &cmd);
   nfulnl_msg_config_mode mode{};
@@ -187,14 +180,9 @@ Result<NflogListener> NflogListener::open(const Options& options) {
   mnl_attr_put_u16(nlh, NFULA_CFG_FLAGS, htobe16(NFULNL_CFG_F_SEQ));
   mnl_attr_put_u32(nlh, NFULA_CFG_TIMEOUT, htobe32(options.flush_timeout_cs));
 
-  auto* s = listener.sock_.get();
-  if (mnl_socket_sendto(s, nlh, nlh->nlmsg_len) < 0) return make_sys_error("sending the nflog bind request");
-  pollfd pfd{mnl_socket_get_fd(s), POLLIN, 0};
-  if (poll(&pfd, 1, 5000) <= 0) return make_error("nflog bind: no answer from the kernel within 5 s");
-  ssize_t n = mnl_socket_recvfrom(s, buf.data(), buf.size());
-  if (n < 0) return make_sys_error("reading the nflog bind answer");
-  if (mnl_cb_run(buf.data(), static_cast<size_t>(n), 1, mnl_socket_get_portid(s), nullptr, nullptr) < 0) {
-    const int err = errno;
+  if (auto st = nfnl_exchange(listener.sock_.get(), nlh, "the nflog bind request"); !st) {
+    const int err = st.error().sys_errno;
+    if (err == 0) return st.error();  // no answer
     // The kernel answers EPERM (EBUSY on old kernels) when another socket owns the group.
     if (err == EBUSY || err == EPERM) {
       return make_sys_error("binding nflog group " + std::to_string(options.group) +

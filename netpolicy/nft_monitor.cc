@@ -10,6 +10,8 @@
 #include <array>
 #include <optional>
 
+#include "netpolicy/netlink_drain.h"
+
 namespace sg::netpolicy {
 
 namespace {
@@ -75,10 +77,9 @@ std::string NftEvent::describe() const {
 }
 
 Result<NftMonitor> NftMonitor::open(std::string table_name) {
-  nft::MnlSocket sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
-  if (!sock) return make_sys_error("opening a netfilter socket for nftables events");
-  if (mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-    return make_sys_error("binding the nftables event socket");
+  auto opened = open_netfilter_socket("nftables events");
+  if (!opened) return opened.error();
+  nft::MnlSocket sock = std::move(*opened);
   int group = NFNLGRP_NFTABLES;
   if (mnl_socket_setsockopt(sock.get(), NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0) {
     return make_sys_error("subscribing to nftables events (needs CAP_NET_ADMIN)");
