@@ -203,7 +203,7 @@ Status Enforcer::close_hole(const VmRecord* vm, const HoleRecord& hole, std::int
   }
   // Connections opened through it end with it (expired ones too).
   if (auto h = hole_of(hole); vm != nullptr && h) {
-    netpolicy::FlowSelector sel{vm->id, h->destination, h->protocol, 0, 65535};
+    netpolicy::FlowSelector sel{vm->id, h->destination, h->protocol};  // any port
     if (h->protocol == IPPROTO_TCP || h->protocol == IPPROTO_UDP) {
       sel.first_port = h->ports.first;
       sel.last_port = h->ports.last;
