@@ -187,6 +187,18 @@ Match hole_lookup(const HoleMap& m) {
   x.key_prefix_lens = hole_key_prefix(m);
   return x;
 }
+// A rule that admits what `lookup` finds, after `matches`. With shaping the
+// set is a map of tc classes and the same lookup also sets the packet's
+// class (`meta priority set <key> map @set`); its comment says so.
+Rule admit_by_lookup(bool shaping, std::vector<Match> matches, const Match& lookup, Statement verdict,
+                     const std::string& comment, const std::string& shaped_comment) {
+  if (shaping) {
+    return rule(std::move(matches),
+                {PriorityMap{lookup.fields, lookup.set, lookup.key_prefix_lens}, std::move(verdict)}, shaped_comment);
+  }
+  matches.push_back(lookup);
+  return rule(std::move(matches), {std::move(verdict)}, comment);
+}
 // dev: iifname (from the VM) or oifname (to it); addr: the client's side.
 std::vector<Field> client_fields(Field dev, Field addr) { return {dev, addr}; }
 std::string client_map(Family f, bool range) { return std::string("vm_client") + sfx(f) + (range ? "_range" : ""); }
@@ -514,13 +526,9 @@ Chain Compiler::out_chain() const {
   // VM that used up its day can still talk to its owner.
   for (Family f : {Family::v4, Family::v6}) {
     for (bool range : {false, true}) {
-      const auto key = client_fields(Field::iifname, daddr(f));
-      if (opt_.shaping) {
-        r.push_back(rule({nfproto(f)}, {PriorityMap{key, client_map(f, range)}, accept()},
-                         "its own client, in the client's class"));
-      } else {
-        r.push_back(rule({nfproto(f), in_set(key, client_map(f, range))}, {accept()}, "its own client"));
-      }
+      r.push_back(admit_by_lookup(opt_.shaping, {nfproto(f)},
+                                  in_set(client_fields(Field::iifname, daddr(f)), client_map(f, range)), accept(),
+                                  "its own client", "its own client, in the client's class"));
     }
   }
   // 7. Daily byte quota: counts everything but the client. A VM without a
@@ -529,13 +537,10 @@ Chain Compiler::out_chain() const {
   // 8. Authorized nodes: for every level.
   for (Family f : {Family::v4, Family::v6}) {
     for (const HoleMap& m : hole_maps(f)) {
-      if (opt_.shaping) {
-        // The lookup both authorizes and picks the hole's tc class.
-        r.push_back(rule({nfproto(f)}, {PriorityMap{hole_fields(f), hole_map_name(m), hole_key_prefix(m)}, accept()},
-                         "nodes that signed an authcert for this client, each in its class"));
-      } else {
-        r.push_back(rule({nfproto(f), hole_lookup(m)}, {accept()}, "nodes that signed an authcert for this client"));
-      }
+      // With shaping the lookup both authorizes and picks the hole's class.
+      r.push_back(admit_by_lookup(opt_.shaping, {nfproto(f)}, hole_lookup(m), accept(),
+                                  "nodes that signed an authcert for this client",
+                                  "nodes that signed an authcert for this client, each in its class"));
     }
   }
   // 9. The rest depends on the VM's trust level; a tap in no level set gets
@@ -767,26 +772,18 @@ std::vector<Chain> Compiler::shared_chains() const {
   // TCP and UDP only: a level's meters also count established ICMP echo
   // requests (a ping flood keeps one flow), so those take the long way.
   for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
-    if (opt_.shaping) {
-      forward.rules.push_back(rule({from_tap, l4proto(proto), ct_state(kCtEstablished), direction(false)},
-                                   {PriorityMap{plain_key, "vm_plain"}, go_to("vm_out_plain")},
-                                   "established plain flows of a VM, in its class: the short path"));
-    } else {
-      forward.rules.push_back(
-          rule({from_tap, l4proto(proto), ct_state(kCtEstablished), direction(false), in_set(plain_key, "vm_plain")},
-               {go_to("vm_out_plain")}, "established plain flows of a VM: the short path"));
-    }
+    forward.rules.push_back(admit_by_lookup(
+        opt_.shaping, {from_tap, l4proto(proto), ct_state(kCtEstablished), direction(false)},
+        in_set(plain_key, "vm_plain"), go_to("vm_out_plain"), "established plain flows of a VM: the short path",
+        "established plain flows of a VM, in its class: the short path"));
   }
   // Replies of plain flows: after every packet from a VM's tap has been
   // taken by the rules below (a reply sent by another VM meets that VM's
   // anti-spoofing first), so only what comes from outside or out of a
   // tunnel gets here.
-  Rule plain_replies =
-      opt_.shaping
-          ? rule({to_tap, ct_state(kCtEstablished), direction(true)},
-                 {PriorityMap{plain_in_key, "vm_plain_in"}, accept()}, "replies of a VM's plain flows, in its class")
-          : rule({to_tap, ct_state(kCtEstablished), direction(true), in_set(plain_in_key, "vm_plain_in")}, {accept()},
-                 "replies of a VM's plain flows");
+  Rule plain_replies = admit_by_lookup(opt_.shaping, {to_tap, ct_state(kCtEstablished), direction(true)},
+                                       in_set(plain_in_key, "vm_plain_in"), accept(), "replies of a VM's plain flows",
+                                       "replies of a VM's plain flows, in its class");
   // From a VM with its own MAC (one lookup for both); from a VM's tap with
   // another MAC: dropped.
   // (The name prefix first: a packet from the uplink costs a compare, not
