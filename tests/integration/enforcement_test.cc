@@ -245,22 +245,18 @@ TEST_F(EnforcementTest, AVmCannotSlipASpoofedReplyIntoAnotherVmsFlow) {
   std::string z = allocate(untrusted_key_);
   const std::string y4 = t.ctl_json({"show", y})["ipv4"];
   const std::string x4 = t.ctl_json({"show", x})["ipv4"];
-  // y -> x:7500 from port 40000, answered by x: established.
-  std::thread echo([&] { t.in_guest(x, {sgprobe_bin(), "udp-echo", "7500", "5", x4}); });
-  std::thread flow([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    t.in_guest(y, {sgprobe_bin(), "udp-send", x4, "7500", "60", "50", "40000"});
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
-  // z, with x's address on its interface, sends from x:7500 to y:40000
-  // (its gateway's MAC known first, asked with its own address).
-  ASSERT_TRUE(t.ping(z, t.client.v4));
-  auto added = t.in_guest(z, {"ip", "addr", "add", x4 + "/32", "dev", "eth0"});
-  EXPECT_EQ(added.code, 0) << added.err;
-  auto sent = t.in_guest(z, {sgprobe_bin(), "udp-send", y4, "40000", "10", "0", "7500", x4});
-  EXPECT_EQ(sent.code, 0) << sent.err;
-  flow.join();
-  echo.join();
+  {
+    // y -> x:7500 from port 40000, answered by x: established.
+    EstablishedUdpFlow flow(t, y, t.guest_ns(x), x4, 7500, 3, 40000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+    // z, with x's address on its interface, sends from x:7500 to y:40000
+    // (its gateway's MAC known first, asked with its own address).
+    ASSERT_TRUE(t.ping(z, t.client.v4));
+    auto added = t.in_guest(z, {"ip", "addr", "add", x4 + "/32", "dev", "eth0"});
+    EXPECT_EQ(added.code, 0) << added.err;
+    auto sent = t.in_guest(z, {sgprobe_bin(), "udp-send", y4, "40000", "10", "0", "7500", x4});
+    EXPECT_EQ(sent.code, 0) << sent.err;
+  }
   EXPECT_GE(t.drop_counter(z + " spoof-ip"), 10U);
 }
 

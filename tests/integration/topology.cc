@@ -269,13 +269,14 @@ icmpv6 = ["echo-request"]
 }
 
 EstablishedUdpFlow::EstablishedUdpFlow(const Topology& t, const std::string& vm, const std::string& ns,
-                                       const std::string& addr, int port, int seconds)
+                                       const std::string& addr, int port, int seconds, int src_port)
     : echo_([&t, ns, addr, port, seconds] {
         t.in_ns(ns, {sgprobe_bin(), "udp-echo", std::to_string(port), std::to_string(seconds + 2), addr});
       }),
-      sender_([&t, vm, addr, port, seconds] {
+      sender_([&t, vm, addr, port, seconds, src_port] {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the echo is listening
-        t.in_guest(vm, {sgprobe_bin(), "udp-send", addr, std::to_string(port), std::to_string(seconds * 20), "50"});
+        t.in_guest(vm, {sgprobe_bin(), "udp-send", addr, std::to_string(port), std::to_string(seconds * 20), "50",
+                        std::to_string(src_port)});
       }) {}
 
 EstablishedUdpFlow::~EstablishedUdpFlow() {

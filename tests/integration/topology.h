@@ -91,12 +91,13 @@ class Topology {
 
 // A UDP flow that has seen replies is established in conntrack; the rules
 // pass such packets early (the short path, or a level's "established"
-// rule). Sends one datagram every 50 ms from one socket for `seconds` from
-// the guest of `vm` to an echo in `ns` at addr:port, in the background.
+// rule). Sends one datagram every 50 ms from one socket (from src_port when
+// not 0) for `seconds` from the guest of `vm` to an echo in `ns` at
+// addr:port, in the background.
 class EstablishedUdpFlow {
  public:
   EstablishedUdpFlow(const Topology& t, const std::string& vm, const std::string& ns, const std::string& addr, int port,
-                     int seconds);
+                     int seconds, int src_port = 0);
   ~EstablishedUdpFlow();
   EstablishedUdpFlow(const EstablishedUdpFlow&) = delete;
   EstablishedUdpFlow& operator=(const EstablishedUdpFlow&) = delete;
