@@ -414,17 +414,20 @@ ChangeResult measure_changes(const Options& o, const Compiler& compiler, NftBack
   ranged.id = 999997;
   ranged.ports = {443, 444};
   std::vector<double> add_vm, remove_vm, add_hole, remove_hole, add_wide, remove_wide, add_ranged, remove_ranged;
+  // One change, timed from building its plan to the kernel's answer.
+  auto timed = [&](std::vector<double>& into, const auto& make_plan, const char* what) {
+    const auto t0 = Clock::now();
+    apply_or_throw(nft, make_plan(), what);
+    into.push_back(ms_since(t0));
+  };
   for (int k = 0; k < reps; ++k) {
     check_interrupt();
-    auto t0 = Clock::now();
-    apply_or_throw(nft, with_meter_size(compiler.plan_add_vm(extra, {}, now), o), "adding a VM");
-    add_vm.push_back(ms_since(t0));
-    t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_remove_vm(extra), "removing a VM");
-    remove_vm.push_back(ms_since(t0));
-    t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_add_hole(target, hole, now), "adding a hole");
-    add_hole.push_back(ms_since(t0));
+    timed(
+        add_vm, [&] { return with_meter_size(compiler.plan_add_vm(extra, {}, now), o); }, "adding a VM");
+    timed(
+        remove_vm, [&] { return compiler.plan_remove_vm(extra); }, "removing a VM");
+    timed(
+        add_hole, [&] { return compiler.plan_add_hole(target, hole, now); }, "adding a hole");
     if (k == 0) {
       // Once, outside the timing: the kernel really holds the new element.
       auto listed = must({"nft", "list", "map", "inet", compiler.options().table, "holes_v4"}, host_ns);
@@ -432,26 +435,21 @@ ChangeResult measure_changes(const Options& o, const Compiler& compiler, NftBack
         throw std::runtime_error("the added hole is not in the kernel's set");
       }
     }
-    t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_remove_hole(target, hole, now), "removing a hole");
-    remove_hole.push_back(ms_since(t0));
-    t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_add_hole(target, wide, now), "adding a prefix hole");
-    add_wide.push_back(ms_since(t0));
-    t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_remove_hole(target, wide, now), "removing a prefix hole");
-    remove_wide.push_back(ms_since(t0));
+    timed(
+        remove_hole, [&] { return compiler.plan_remove_hole(target, hole, now); }, "removing a hole");
+    timed(
+        add_wide, [&] { return compiler.plan_add_hole(target, wide, now); }, "adding a prefix hole");
+    timed(
+        remove_wide, [&] { return compiler.plan_remove_hole(target, wide, now); }, "removing a prefix hole");
   }
   // Apart, so that the kernel's deferred work after an interval-map change
   // (it frees the map's old copy) is not counted in the changes above.
   for (int k = 0; k < reps; ++k) {
     check_interrupt();
-    auto t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_add_hole(target, ranged, now), "adding a port-range hole");
-    add_ranged.push_back(ms_since(t0));
-    t0 = Clock::now();
-    apply_or_throw(nft, compiler.plan_remove_hole(target, ranged, now), "removing a port-range hole");
-    remove_ranged.push_back(ms_since(t0));
+    timed(
+        add_ranged, [&] { return compiler.plan_add_hole(target, ranged, now); }, "adding a port-range hole");
+    timed(
+        remove_ranged, [&] { return compiler.plan_remove_hole(target, ranged, now); }, "removing a port-range hole");
   }
   r.add_prefix_hole = stats_of(add_wide);
   r.remove_prefix_hole = stats_of(remove_wide);
