@@ -357,11 +357,15 @@ std::vector<Set> Compiler::vm_sets() const {
     cls.data_type = KeyType::classid;
     sets.push_back(std::move(cls));
   }
-  // The short path: tap . MAC . plain flow mark, and tap . plain flow mark
-  // (replies), each to the VM's default class when shaping.
+  // The short path: tap . MAC . plain flow mark . established . original,
+  // and tap . plain flow mark . established . reply (replies), each to the
+  // VM's default class when shaping. The state and direction are part of
+  // the key so one lookup checks them too.
   for (const auto& [name, key] :
-       {std::pair{"vm_plain", std::vector<KeyType>{KeyType::ifname, KeyType::ether_addr, KeyType::mark}},
-        std::pair{"vm_plain_in", std::vector<KeyType>{KeyType::ifname, KeyType::mark}}}) {
+       {std::pair{"vm_plain", std::vector<KeyType>{KeyType::ifname, KeyType::ether_addr, KeyType::mark,
+                                                   KeyType::ct_state, KeyType::ct_dir}},
+        std::pair{"vm_plain_in",
+                  std::vector<KeyType>{KeyType::ifname, KeyType::mark, KeyType::ct_state, KeyType::ct_dir}}}) {
     Set plain = make_set(name, key);
     if (opt_.shaping) plain.data_type = KeyType::classid;
     sets.push_back(std::move(plain));
@@ -458,22 +462,16 @@ std::optional<std::pair<std::string, SetElement>> Compiler::hole_element(const V
   return std::pair{hole_map_name(map), std::move(e)};
 }
 
-std::vector<Rule> Compiler::evil_packet_rules(bool tracked) const {
+std::vector<Rule> Compiler::evil_packet_rules() const {
   std::vector<Rule> r;
-  // A packet conntrack matched to a flow went through its defragmentation
-  // first: no fragment reaches the short path.
-  if (!tracked) {
-    r.push_back(drop_rule({nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
-                          "drop non-first IPv4 fragments (ports unknown)"));
-  }
+  r.push_back(drop_rule({nfproto(Family::v4), m(Field::ip_frag_off, Match::Op::neq, be16_bytes(0))}, "fragment",
+                        "drop non-first IPv4 fragments (ports unknown)"));
   r.push_back(drop_rule({nfproto(Family::v4), neq(Field::ip_hdrlength, u8_bytes(5))}, "ip-options",
                         "drop IPv4 packets with options (source route, record route...)"));
   r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_routing, u8_bytes(1))}, "ip6-routing",
                         "drop IPv6 packets with a routing header"));
-  if (!tracked) {
-    r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
-                          "drop IPv6 fragments that escaped reassembly"));
-  }
+  r.push_back(drop_rule({nfproto(Family::v6), eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, "fragment",
+                        "drop IPv6 fragments that escaped reassembly"));
   return r;
 }
 
@@ -497,7 +495,7 @@ Chain Compiler::out_chain() const {
   }
   // 3. Evil packets: fragments that escaped reassembly, IP options, IPv6
   // routing headers.
-  for (Rule& e : evil_packet_rules(false)) r.push_back(std::move(e));
+  for (Rule& e : evil_packet_rules()) r.push_back(std::move(e));
   // 4. GRE from the guest itself: no tunnel inside the tunnel, and no GRE
   // that could pass for the host's own to the client's endpoint. Only
   // levels that may be tunnelled; a semi-trusted policy that allows IP
@@ -750,71 +748,77 @@ std::vector<Chain> Compiler::shared_chains() const {
   prerouting.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix), vmap(Field::iifname, "vm_pre")},
                                   {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, opt_.priority, false}, {}};
-  // A client's tunnel carries only replies and its own connections to its
-  // own VM: nothing from a tunnel goes anywhere else (no relaying through
-  // the host), and a tunnel device without rules passes nothing.
-  forward.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix + "t"),
-                                in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
-                               {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
-                               "a tunnel delivers only to its own VM"));
+  // Every packet from a VM's tap (or a tunnel device) is judged in
+  // from_vm; the rules below it see only packets from elsewhere, and those
+  // from a tunnel that from_vm lets through (to their own VM).
+  const Match from_tap = ifname_wildcard(Field::iifname, opt_.iface_prefix);
+  const Match to_tap = ifname_wildcard(Field::oifname, opt_.iface_prefix);
+  forward.rules.push_back(rule({from_tap}, {Verdict{Verdict::Kind::jump, "from_vm"}}, "packets from a VM or a tunnel"));
+  // Replies of a VM's plain flows (docs/enforcement.md, the short path): one
+  // lookup, that the flow is the destination VM's, established, and this
+  // packet in its reply direction. Packets from a VM's tap never get here
+  // (a reply sent by another VM meets that VM's anti-spoofing in from_vm).
+  forward.rules.push_back(admit_by_lookup(
+      opt_.shaping, {}, in_set({Field::oifname, Field::ct_mark, Field::ct_state, Field::ct_direction}, "vm_plain_in"),
+      accept(), "replies of a VM's plain flows", "replies of a VM's plain flows, in its class"));
+  forward.rules.push_back(rule({to_tap, in_set({Field::oifname}, "vms")}, {go_to("vm_in")}, "packets to a VM"));
+  forward.rules.push_back(rule({to_tap}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+                               "fail closed: a VM interface without rules receives nothing"));
+  Chain from_vm{"from_vm", std::nullopt, {}};
   // The short path (docs/enforcement.md): a packet of an established flow
   // that its VM's level accepted as plain (ct mark = the VM's id | bit 30),
   // from that VM's own MAC, in the flow's own direction. One lookup checks
-  // the MAC and that the flow is this VM's (its first packet passed the
-  // address check, and conntrack matched this one to its tuple) and picks
-  // the VM's class; what still applies to such a packet is in vm_out_plain.
-  // Its replies: one lookup, that the flow is the destination VM's.
-  const Match from_tap = ifname_wildcard(Field::iifname, opt_.iface_prefix);
-  const Match to_tap = ifname_wildcard(Field::oifname, opt_.iface_prefix);
-  const std::vector<Field> plain_key = {Field::iifname, Field::ether_saddr, Field::ct_mark};
-  const std::vector<Field> plain_in_key = {Field::oifname, Field::ct_mark};
-  auto direction = [](bool reply) { return eq(Field::ct_direction, u8_bytes(reply ? 1 : 0)); };
+  // the MAC, the state, the direction and that the flow is this VM's (its
+  // first packet passed the address check, and conntrack matched this one
+  // to its tuple) and picks the VM's class; what still applies to such a
+  // packet is in vm_out_plain. A packet with IPv4 options or an IPv6
+  // routing header takes the long way, where it is dropped.
   // TCP and UDP only: a level's meters also count established ICMP echo
   // requests (a ping flood keeps one flow), so those take the long way.
-  for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
-    forward.rules.push_back(admit_by_lookup(
-        opt_.shaping, {from_tap, l4proto(proto), ct_state(kCtEstablished), direction(false)},
-        in_set(plain_key, "vm_plain"), go_to("vm_out_plain"), "established plain flows of a VM: the short path",
-        "established plain flows of a VM, in its class: the short path"));
+  const std::vector<Field> plain_key = {Field::iifname, Field::ether_saddr, Field::ct_mark, Field::ct_state,
+                                        Field::ct_direction};
+  for (Family f : {Family::v4, Family::v6}) {
+    const Match plain_header =
+        f == Family::v4 ? eq(Field::ip_hdrlength, u8_bytes(5)) : eq(Field::ip6_exthdr_routing, u8_bytes(0));
+    for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
+      from_vm.rules.push_back(admit_by_lookup(opt_.shaping, {nfproto(f), l4proto(proto), plain_header},
+                                              in_set(plain_key, "vm_plain"), go_to("vm_out_plain"),
+                                              "established plain flows of a VM: the short path",
+                                              "established plain flows of a VM, in its class: the short path"));
+    }
   }
-  // Replies of plain flows: after every packet from a VM's tap has been
-  // taken by the rules below (a reply sent by another VM meets that VM's
-  // anti-spoofing first), so only what comes from outside or out of a
-  // tunnel gets here.
-  Rule plain_replies = admit_by_lookup(opt_.shaping, {to_tap, ct_state(kCtEstablished), direction(true)},
-                                       in_set(plain_in_key, "vm_plain_in"), accept(), "replies of a VM's plain flows",
-                                       "replies of a VM's plain flows, in its class");
+  // A client's tunnel carries only replies and its own connections to its
+  // own VM: nothing from a tunnel goes anywhere else (no relaying through
+  // the host), and a tunnel device without rules passes nothing.
+  from_vm.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix + "t"),
+                                in_set({Field::iifname, Field::oifname}, "tunnel_ok", true)},
+                               {Counter{}, Log{opt_.log_group, "sg? tunnel-escape "}, drop()},
+                               "a tunnel delivers only to its own VM"));
   // From a VM with its own MAC (one lookup for both); from a VM's tap with
   // another MAC: dropped.
-  // (The name prefix first: a packet from the uplink costs a compare, not
-  // two lookups.)
-  forward.rules.push_back(
-      rule({from_tap, in_set({Field::iifname, Field::ether_saddr}, "vm_mac")}, {go_to("vm_out")}, "packets from a VM"));
-  forward.rules.push_back(rule({from_tap, in_set({Field::iifname}, "vms")}, {go_to(drop_chain("spoof-mac"))},
+  from_vm.rules.push_back(
+      rule({in_set({Field::iifname, Field::ether_saddr}, "vm_mac")}, {go_to("vm_out")}, "packets from a VM"));
+  from_vm.rules.push_back(rule({in_set({Field::iifname}, "vms")}, {go_to(drop_chain("spoof-mac"))},
                                "drop frames from a VM not from its own MAC"));
   // Any other tap, before packets are dispatched by their destination: a
   // VM's inbound chain admits its client's address, which a tap without
   // rules could claim. (Tunnel devices are under the same prefix; the
-  // first rule lets out of them only what goes to their own VM.)
+  // tunnel rule above lets out of them only what goes to their own VM, and
+  // that returns to forward.)
   Match not_tunnel = ifname_wildcard(Field::iifname, opt_.iface_prefix + "t");
   not_tunnel.op = Match::Op::not_prefix;
-  forward.rules.push_back(rule({from_tap, not_tunnel}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
+  from_vm.rules.push_back(rule({not_tunnel}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                                "fail closed: a VM interface without rules sends nothing"));
-  forward.rules.push_back(std::move(plain_replies));
-  forward.rules.push_back(rule({to_tap, in_set({Field::oifname}, "vms")}, {go_to("vm_in")}, "packets to a VM"));
-  forward.rules.push_back(rule({to_tap}, {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
-                               "fail closed: a VM interface without rules receives nothing"));
   Chain input{"input", BaseHook{BaseHook::Hook::input, opt_.priority, false}, {}};
   input.rules.push_back(rule({in_set({Field::iifname}, "vms")}, {go_to("vm_host")}, "packets from a VM to the host"));
   input.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
                              {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                              "fail closed: a VM interface without rules reaches nothing on the host"));
-  chains = {prerouting, forward, input, out_chain()};
+  chains = {prerouting, forward, input, from_vm, out_chain()};
   // The short path of an established plain flow: what acts on every packet
-  // (evil packets, block list, quota), then accept. Its class is the VM's
-  // default one, set on the way here.
+  // (block list, quota), then accept. Its class is the VM's default one,
+  // set on the way here.
   Chain plain{"vm_out_plain", std::nullopt, {}};
-  plain.rules = evil_packet_rules(true);
   for (Family f : {Family::v4, Family::v6}) plain.rules.push_back(block_rule(f));
   plain.rules.push_back(quota_rule());
   plain.rules.push_back(rule({}, {accept()}, "an established plain flow"));
@@ -880,8 +884,9 @@ Compiler::VmParts Compiler::vm_parts(const VmNet& vm, const std::vector<Hole>& h
     add("vm_mark_synonly", std::move(syn));
   }
   const Bytes plain_mark = host32_bytes(static_cast<std::uint32_t>(vm.id) | kPlainFlowMark);
-  SetElement plain = key({{mac_bytes(vm.mac), {}}, {plain_mark, {}}});
-  SetElement plain_in = key({{plain_mark, {}}});
+  const Bytes established = host32_bytes(kCtEstablished);
+  SetElement plain = key({{mac_bytes(vm.mac), {}}, {plain_mark, {}}, {established, {}}, {u8_bytes(0), {}}});
+  SetElement plain_in = key({{plain_mark, {}}, {established, {}}, {u8_bytes(1), {}}});
   if (opt_.shaping) {
     SetElement cls = key();
     cls.data = host32_bytes(tc_handle(opt_.tc_major, vm.id, FlowClass::other));
@@ -1190,8 +1195,8 @@ std::string Compiler::vm_text(const VmNet& vm, const std::vector<Hole>& holes, s
   }
   // The chains its packets go through.
   for (auto& c : shared_chains()) {
-    if (c.name == "vm_out" || c.name == "vm_out_plain" || c.name == level_chain_name(vm.level) || c.name == "vm_in" ||
-        c.name == "vm_host") {
+    if (c.name == "from_vm" || c.name == "vm_out" || c.name == "vm_out_plain" || c.name == level_chain_name(vm.level) ||
+        c.name == "vm_in" || c.name == "vm_host") {
       t.chains.push_back(std::move(c));
     }
   }

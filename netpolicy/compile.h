@@ -166,7 +166,7 @@ class Compiler {
   // IP options and IPv6 routing headers, on the first packet of a flow and
   // on every later one (the short path too); fragments that escaped
   // reassembly too unless `tracked` (conntrack defragments what it tracks).
-  [[nodiscard]] std::vector<Rule> evil_packet_rules(bool tracked) const;
+  [[nodiscard]] std::vector<Rule> evil_packet_rules() const;
   [[nodiscard]] Chain level_chain(trust::TrustLevel level) const;
   [[nodiscard]] Chain in_chain() const;
   [[nodiscard]] Chain host_chain() const;

@@ -170,6 +170,8 @@ KeySpec key_spec(KeyType k) {
     case KeyType::classid: return {23, 4, 1};
     case KeyType::mark: return {19, 4, 1};
     case KeyType::nd_target: return {4, 16, 2};  // nft's "integer"
+    case KeyType::ct_state: return {26, 4, 1};
+    case KeyType::ct_dir: return {27, 1, 0};  // nft gives it no byte order
   }
   return {0, 0, 0};
 }
@@ -1508,7 +1510,8 @@ Result<Set> NftBackend::kernel_set(TableFamily family, const std::string& table,
   std::uint32_t type = nftnl_set_get_u32(found.get(), NFTNL_SET_KEY_TYPE);
   std::vector<KeyType> key;
   const KeyType all[] = {KeyType::ipv4_addr, KeyType::ipv6_addr,  KeyType::inet_proto, KeyType::inet_service,
-                         KeyType::ifname,    KeyType::ether_addr, KeyType::mark,       KeyType::nd_target};
+                         KeyType::ifname,    KeyType::ether_addr, KeyType::mark,       KeyType::nd_target,
+                         KeyType::ct_state,  KeyType::ct_dir};
   while (type != 0) {
     const std::uint32_t id = type & ((1U << kTypeBits) - 1U);
     auto it = std::find_if(std::begin(all), std::end(all), [id](KeyType k) { return key_spec(k).type_id == id; });

@@ -449,6 +449,8 @@ const char* key_type_name(KeyType k) {
     case KeyType::classid: return "classid";
     case KeyType::mark: return "mark";
     case KeyType::nd_target: return "integer";
+    case KeyType::ct_state: return "ct_state";
+    case KeyType::ct_dir: return "ct_dir";
   }
   return "?";
 }
@@ -475,6 +477,8 @@ Field key_field(KeyType k) {
     case KeyType::classid:
     case KeyType::mark: return Field::meta_mark;
     case KeyType::nd_target: return Field::icmpv6_nd_target;
+    case KeyType::ct_state: return Field::ct_state;
+    case KeyType::ct_dir: return Field::ct_direction;
   }
   return Field::ip_daddr;
 }

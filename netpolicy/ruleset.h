@@ -219,7 +219,9 @@ enum class KeyType : std::uint8_t {
   ether_addr,
   classid,
   mark,
-  nd_target
+  nd_target,
+  ct_state,  // 4 bytes, host order (only in concatenations: `established`)
+  ct_dir     // 1 byte (only in concatenations: `original`, `reply`)
 };
 
 struct SetElement {

@@ -153,10 +153,11 @@ inline Table inet_table(const std::string& name = "surrogated") {
   Set p64{"holes_v6_p64", {KeyType::ifname, KeyType::ipv6_addr, KeyType::inet_proto, KeyType::inet_service}};
   p64.elements = {
       elem({part(ifname_bytes("sg3")), part(addr("2001:db8:1:2::")), part(u8_bytes(17)), part(be16_bytes(53))})};
-  // The short path: tap . MAC . flow mark to a class.
-  Set plain{"vm_plain", {KeyType::ifname, KeyType::ether_addr, KeyType::mark}};
+  // The short path: tap . MAC . flow mark . state . direction to a class.
+  Set plain{"vm_plain", {KeyType::ifname, KeyType::ether_addr, KeyType::mark, KeyType::ct_state, KeyType::ct_dir}};
   plain.data_type = KeyType::classid;
-  SetElement pl = elem({part(ifname_bytes("sg3")), part(vm_mac()), part(host32_bytes(0x40000003U))});
+  SetElement pl = elem({part(ifname_bytes("sg3")), part(vm_mac()), part(host32_bytes(0x40000003U)),
+                        part(host32_bytes(kCtEstablished)), part(u8_bytes(0))});
   pl.data = host32_bytes((0x53U << 16U) | 0xfU);
   plain.elements = {pl};
   t.sets = {reserved_v4, reserved_v6, holes_v4, holes_v6, meter_v4, meter_v6, meter_if, hole_map, macs, ifs,  protos,
@@ -225,7 +226,8 @@ inline Table inet_table(const std::string& name = "surrogated") {
           {accept()}),
       rule({masked_in_set({Field::ip_saddr}, "reserved_v4", {20})}, {drop()}),
       rule({any_bits(Field::ct_state, host32_bytes(kCtEstablished)), eq(Field::ct_direction, u8_bytes(0))},
-           {PriorityMap{{Field::iifname, Field::ether_saddr, Field::ct_mark}, "vm_plain"},
+           {PriorityMap{{Field::iifname, Field::ether_saddr, Field::ct_mark, Field::ct_state, Field::ct_direction},
+                        "vm_plain"},
             Verdict{Verdict::Kind::go_to, "vm_common"}},
            "an established plain flow of this VM, in its class"),
       rule({eq(Field::ct_direction, u8_bytes(1))}, {}),
