@@ -67,6 +67,9 @@ struct Options {
   int iperf_seconds = 5;
   int iperf_rounds = 3;  // each round: with rules, without, conntrack only; order rotates
   bool iperf = true;
+  // iperf3's client on CPU 0 and its server on CPU 1 (with 2 CPUs or more):
+  // without it, where the scheduler puts them moves a run by 10 %.
+  bool pin = true;
   // What-if: the size (element cap, and the kernel's hash-table size hint)
   // given to the compiler's meter sets in every plan; 0 = as compiled.
   std::uint32_t meter_size = 0;
@@ -75,7 +78,7 @@ struct Options {
 [[noreturn]] void usage(const char* argv0) {
   std::cerr << "usage: " << argv0
             << " [--prefix NAME] [--sizes 10,100,1000] [--holes N] [--reps N] [--batch N]\n"
-               "       [--reconcile-runs N] [--iperf-seconds N] [--iperf-rounds N] [--no-iperf]\n"
+               "       [--reconcile-runs N] [--iperf-seconds N] [--iperf-rounds N] [--no-iperf] [--no-pin]\n"
                "       [--meter-size N]   (what-if: meter sets of N elements instead of the compiler's)\n";
   std::exit(2);
 }
@@ -127,11 +130,14 @@ Options parse_args(int argc, char** argv) {
       o.meter_size = static_cast<std::uint32_t>(next_int());
     } else if (a == "--no-iperf") {
       o.iperf = false;
+    } else if (a == "--no-pin") {
+      o.pin = false;
     } else {
       usage(argv[0]);
     }
   }
   if (o.sizes.empty() || o.sizes.front() < 1) usage(argv[0]);
+  if (std::thread::hardware_concurrency() < 2) o.pin = false;
   return o;
 }
 
@@ -474,8 +480,15 @@ struct Throughput {
   std::string error;
 };
 
-double iperf_gbps(const std::string& guest_ns, int seconds) {
-  auto r = must({"iperf3", "-c", kDest4, "-t", std::to_string(seconds), "-J"}, guest_ns);
+// The command, on one CPU when pinning.
+std::vector<std::string> on_cpu(bool pin, int cpu, std::vector<std::string> cmd) {
+  if (!pin) return cmd;
+  cmd.insert(cmd.begin(), {"taskset", "-c", std::to_string(cpu)});
+  return cmd;
+}
+
+double iperf_gbps(const std::string& guest_ns, int seconds, bool pin) {
+  auto r = must(on_cpu(pin, 0, {"iperf3", "-c", kDest4, "-t", std::to_string(seconds), "-J"}), guest_ns);
   auto j = nlohmann::json::parse(r.out, nullptr, false);
   if (j.is_discarded() || !j.contains("end")) throw std::runtime_error("iperf3 printed no result: " + r.out);
   if (j.contains("error")) throw std::runtime_error("iperf3: " + j["error"].get<std::string>());
@@ -519,7 +532,7 @@ Throughput measure_throughput(const Options& o, const Compiler& compiler, NftBac
   must({"ip", "route", "add", "default", "via", kDestHost4}, dest.name());
   must({"sysctl", "-qw", "net.ipv4.ip_forward=1"}, host_ns);
 
-  Child server({"iperf3", "-s", "-B", kDest4}, dest.name());
+  Child server(on_cpu(o.pin, 1, {"iperf3", "-s", "-B", kDest4}), dest.name());
   // Wait for the server and check the path with the rules loaded.
   bool up = false;
   for (int i = 0; i < 50 && !up; ++i) {
@@ -574,7 +587,7 @@ Throughput measure_throughput(const Options& o, const Compiler& compiler, NftBac
       check_interrupt();
       set_arm(arm);
       settle();
-      const double g = iperf_gbps(guest.name(), o.iperf_seconds);
+      const double g = iperf_gbps(guest.name(), o.iperf_seconds, o.pin);
       static const char* const kNames[] = {"with rules:    ", "without rules: ", "conntrack only:"};
       std::cerr << "  iperf3 " << kNames[static_cast<int>(arm)] << " " << g << " Gbit/s\n";
       if (arm == Arm::with_rules) {
@@ -767,7 +780,7 @@ int run(const Options& o) {
     const double ratio_of_medians = without > 0 ? with / without : 0;
     ratio = pairs.empty() ? ratio_of_medians : median(pairs);
     std::cout << "3. iperf3 -t " << o.iperf_seconds << ", guest -> host (rules) -> destination, " << o.iperf_rounds
-              << " rounds, arms alternating\n";
+              << " rounds, arms alternating" << (o.pin ? ", client on CPU 0, server on CPU 1" : "") << "\n";
     std::cout << "   with " << big << " VMs' rules: " << fmt(with) << " Gbit/s (median; runs:";
     for (double g : t.with_gbps) std::cout << " " << fmt(g);
     std::cout << ")\n   without rules:       " << fmt(without) << " Gbit/s (median; runs:";
@@ -788,7 +801,8 @@ int run(const Options& o) {
                          {"ct_only_median_gbps", std::round(ct_only * 100) / 100},
                          {"ratio", std::round(*ratio * 1000) / 1000},
                          {"ratio_of_medians", std::round(ratio_of_medians * 1000) / 1000},
-                         {"seconds", o.iperf_seconds}};
+                         {"seconds", o.iperf_seconds},
+                         {"pinned", o.pin}};
   }
 
   // Targets.
