@@ -278,20 +278,20 @@ TEST(Compiler, LevelsEndAsTheyShould) {
   // The element is the VM's id with the plain bit, not a SYN-only probe's,
   // established, in the original direction; its reply element the same in
   // the reply direction.
-  const Set* ps = find_set(rs, "vm_plain");
-  ASSERT_NE(ps, nullptr);
-  ASSERT_FALSE(ps->elements.empty());
-  ASSERT_EQ(ps->elements[0].key.size(), 5U);
-  EXPECT_EQ(ps->elements[0].key.at(2).value, host32_bytes(1U | kPlainFlowMark));
-  EXPECT_EQ(ps->elements[0].key.at(3).value, host32_bytes(kCtEstablished));
-  EXPECT_EQ(ps->elements[0].key.at(4).value, u8_bytes(0));
-  const Set* pin = find_set(rs, "vm_plain_in");
-  ASSERT_NE(pin, nullptr);
-  ASSERT_FALSE(pin->elements.empty());
-  ASSERT_EQ(pin->elements[0].key.size(), 4U);
-  EXPECT_EQ(pin->elements[0].key.at(1).value, host32_bytes(1U | kPlainFlowMark));
-  EXPECT_EQ(pin->elements[0].key.at(2).value, host32_bytes(kCtEstablished));
-  EXPECT_EQ(pin->elements[0].key.at(3).value, u8_bytes(1));
+  // (Each key ends in mark . state . direction.)
+  auto expect_plain_element = [&](const char* set, std::size_t parts, std::uint8_t direction) {
+    SCOPED_TRACE(set);
+    const Set* ps = find_set(rs, set);
+    ASSERT_NE(ps, nullptr);
+    ASSERT_FALSE(ps->elements.empty());
+    const auto& key = ps->elements[0].key;
+    ASSERT_EQ(key.size(), parts);
+    EXPECT_EQ(key.at(parts - 3).value, host32_bytes(1U | kPlainFlowMark));
+    EXPECT_EQ(key.at(parts - 2).value, host32_bytes(kCtEstablished));
+    EXPECT_EQ(key.at(parts - 1).value, u8_bytes(direction));
+  };
+  expect_plain_element("vm_plain", 5U, 0);
+  expect_plain_element("vm_plain_in", 4U, 1);
 }
 
 TEST(Compiler, SharedSetsCarryThePolicy) {
