@@ -322,14 +322,16 @@ TEST_F(ChainCacheTest, CacheIsBoundedInEntriesAndBytes) {
 // only at the certificates of the chain it verified would be wrong here.
 TEST_F(ChainCacheTest, CachedAndUncachedAgreeAtEveryTime) {
   const std::int64_t h = 3600;
-  auto inter_old = cert_with_key("Cache Intermediate CA", ca_extensions(kConstraints, "0"), root, inter.key.get(),
-                                 kNow - kDay, kNow + 2 * h);
   // CMS sorts its certificates (DER SET OF); re-issue until the newer
   // intermediate comes first, so OpenSSL switches to it at its notBefore,
-  // while the older one is still valid.
-  TestCert inter_new;
+  // while the older one is still valid. Both are issued afresh each time:
+  // with the older one fixed, an unlucky one (its encoding shorter than
+  // most) could sort first against nearly every newer one.
+  TestCert inter_old, inter_new;
   std::string both;
   for (int attempt = 0; attempt < 64; ++attempt) {
+    inter_old = cert_with_key("Cache Intermediate CA", ca_extensions(kConstraints, "0"), root, inter.key.get(),
+                              kNow - kDay, kNow + 2 * h);
     inter_new = cert_with_key("Cache Intermediate CA", ca_extensions(kConstraints, "0"), root, inter.key.get(),
                               kNow + h / 2, kNow + 365 * kDay);
     both = signed_by(node, {&inter_old, &inter_new}, content());
