@@ -816,10 +816,11 @@ std::vector<Chain> Compiler::shared_chains() const {
                              "fail closed: a VM interface without rules reaches nothing on the host"));
   chains = {prerouting, forward, input, from_vm, out_chain()};
   // The short path of an established plain flow: what acts on every packet
-  // (block list, quota), then accept. Its class is the VM's default one,
-  // set on the way here.
+  // (the quota), then accept. Its class is the VM's default one, set on the
+  // way here. The guardrails were checked on the flow's first packet; when
+  // they change, the daemon ends the flows they now forbid (Enforcer::
+  // end_flows_now_forbidden), whose next packet then meets vm_out again.
   Chain plain{"vm_out_plain", std::nullopt, {}};
-  for (Family f : {Family::v4, Family::v6}) plain.rules.push_back(block_rule(f));
   plain.rules.push_back(quota_rule());
   plain.rules.push_back(rule({}, {accept()}, "an established plain flow"));
   chains.push_back(std::move(plain));

@@ -66,18 +66,29 @@ Result<std::size_t> ConntrackFlusher::end_flows(const FlowSelector& s) {
   if (s.vm_id <= 0 || static_cast<std::uint64_t>(s.vm_id) > kVmIdMarkMask) {
     return make_error("ending flows: VM id " + std::to_string(s.vm_id) + " is not one the rules mark flows with");
   }
-  // The VM's flows, selected by the kernel: ct mark & kVmIdMarkMask == id.
+  return end_matching(s.vm_id, [&s](const FlowEvent& f) { return selects(s, f); });
+}
+
+Result<std::size_t> ConntrackFlusher::end_flows_of_all_vms(const std::function<bool(const FlowEvent&)>& pick) {
+  return end_matching(0, [&pick](const FlowEvent& f) { return f.vm_id != 0 && pick(f); });
+}
+
+Result<std::size_t> ConntrackFlusher::end_matching(std::int64_t vm_id,
+                                                   const std::function<bool(const FlowEvent&)>& pick) {
   constexpr auto kCt = static_cast<std::uint16_t>(NFNL_SUBSYS_CTNETLINK << 8);
   std::vector<char> req;
   nlmsghdr* nlh = put_nfnl_request(req, kCt | IPCTNL_MSG_CT_GET, NLM_F_DUMP, AF_UNSPEC, ++seq_);
-  mnl_attr_put_u32(nlh, CTA_MARK, htobe32(static_cast<std::uint32_t>(s.vm_id)));
-  mnl_attr_put_u32(nlh, CTA_MARK_MASK, htobe32(kVmIdMarkMask));
+  if (vm_id != 0) {
+    // One VM's flows, selected by the kernel: ct mark & kVmIdMarkMask == id.
+    mnl_attr_put_u32(nlh, CTA_MARK, htobe32(static_cast<std::uint32_t>(vm_id)));
+    mnl_attr_put_u32(nlh, CTA_MARK_MASK, htobe32(kVmIdMarkMask));
+  }
   std::vector<Entry> doomed;
   const std::int64_t now = wall_ns();
   if (auto st = nfnl_exchange(sock_.get(), nlh, "a conntrack dump",
                               [&](const nlmsghdr* m) {
                                 auto flow = parse_conntrack_message(m, now);
-                                if (flow && selects(s, *flow)) {
+                                if (flow && pick(*flow)) {
                                   if (auto e = entry_of(m)) doomed.push_back(std::move(*e));
                                 }
                                 return MNL_CB_OK;

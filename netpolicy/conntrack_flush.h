@@ -10,11 +10,14 @@
 // picks it up mid-stream, nf_conntrack_tcp_loose); one that is not any more
 // is dropped. The flow log records the old entry as ended.
 //
-// Only flows the rules marked with the VM's id are touched (ct mark &
-// kVmIdMarkMask), selected by the kernel during the dump.
+// Only flows the rules marked with a VM's id are touched (ct mark &
+// kVmIdMarkMask): one VM's, selected by the kernel during the dump, or those
+// of every VM that a predicate picks (a guardrail that now forbids their
+// destination: the short path does not look at the block list).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -47,8 +50,14 @@ class ConntrackFlusher {
   // Ends every flow `s` selects; returns how many were ended. A flow that
   // ends by itself meanwhile is no error.
   Result<std::size_t> end_flows(const FlowSelector& s);
+  // Ends every flow of any VM (a non-zero VM id in its mark) for which
+  // `pick` is true; returns how many were ended.
+  Result<std::size_t> end_flows_of_all_vms(const std::function<bool(const FlowEvent&)>& pick);
 
  private:
+  // vm_id 0: every VM's flows (no kernel filter, the mark checked here).
+  Result<std::size_t> end_matching(std::int64_t vm_id, const std::function<bool(const FlowEvent&)>& pick);
+
   explicit ConntrackFlusher(nft::MnlSocket sock) : sock_(std::move(sock)) {}
 
   nft::MnlSocket sock_;

@@ -36,6 +36,24 @@ void Enforcer::end_flows(const netpolicy::FlowSelector& s, const std::string& wh
   }
 }
 
+void Enforcer::end_flows_now_forbidden(const trust::Guardrails* before, const trust::Guardrails& now,
+                                       const std::string& why) {
+  if (before != nullptr && before->same_drops(now)) return;
+  auto ended = flusher_.end_flows_of_all_vms([&](const netpolicy::FlowEvent& f) {
+    return now.forbid(f.dst, f.proto, f.dport) && (before == nullptr || !before->forbid(f.dst, f.proto, f.dport));
+  });
+  if (!ended) {
+    log::error("conntrack: could not end the flows the guardrails now forbid (" + why +
+               "): " + ended.error().describe() + "; they keep what they had until they end");
+    return;
+  }
+  flows_ended_ += *ended;
+  if (*ended > 0) {
+    log::info("conntrack: ended " + std::to_string(*ended) + (*ended == 1 ? " flow" : " flows") +
+              " the guardrails now forbid (" + why + ")");
+  }
+}
+
 Status Enforcer::apply(const netpolicy::Plan& plan) {
   auto start = std::chrono::steady_clock::now();
   Status st = backend_.apply(plan);
@@ -101,7 +119,10 @@ Status Enforcer::install_all(std::shared_ptr<const trust::Policy> policy) {
   netpolicy::Compiler compiler(*policy, opt_);
   auto rs = compiler.compile(list, holes_of(0), now_unix());
   if (auto st = apply(netpolicy::plan_replace(rs)); !st) return st;
+  const auto before = std::move(policy_);
   policy_ = std::move(policy);
+  end_flows_now_forbidden(before ? &before->guardrails : nullptr, policy_->guardrails,
+                          before ? "policy reloaded" : "rules installed");
   // A VM whose level changed: its established flows meet the new rules.
   for (const auto& [name, net] : nets) {
     auto before = installed_.find(name);
@@ -226,7 +247,9 @@ void Enforcer::holes_closed(const VmRecord& vm) {
 Status Enforcer::update_block_list(std::shared_ptr<const trust::Policy> policy) {
   netpolicy::Compiler compiler(*policy, opt_);
   if (auto st = apply(compiler.plan_update_block_list()); !st) return st;
+  const auto before = std::move(policy_);
   policy_ = std::move(policy);
+  end_flows_now_forbidden(before ? &before->guardrails : nullptr, policy_->guardrails, "block list changed");
   return {};
 }
 

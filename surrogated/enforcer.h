@@ -77,6 +77,11 @@ class Enforcer final : public VmObserver, public EventSource {
   // the rules are already what they should be.
   void end_flows(const netpolicy::FlowSelector& s, const std::string& why);
   [[nodiscard]] std::uint64_t flows_ended() const { return flows_ended_; }
+  // After the guardrails changed from `before` (null: unknown, as at start)
+  // to `now`: every VM's flows to what they drop now, and did not before,
+  // end. An established flow's short path does not look at the block list
+  // (docs/enforcement.md), so a block takes hold of the flows it names here.
+  void end_flows_now_forbidden(const trust::Guardrails* before, const trust::Guardrails& now, const std::string& why);
 
   [[nodiscard]] static netpolicy::VmNet vm_net(const VmRecord& vm, const VmAddresses& addr);
   [[nodiscard]] static std::optional<netpolicy::Hole> hole_of(const HoleRecord& h);

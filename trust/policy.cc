@@ -1,5 +1,7 @@
 #include "trust/policy.h"
 
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -264,6 +266,17 @@ const Prefix* Guardrails::block_prefix_for(const IpAddress& address) const {
     if (p.contains(address)) return &p;
   }
   return nullptr;
+}
+
+bool Guardrails::forbid(const IpAddress& dst, std::uint8_t protocol, std::uint16_t dport) const {
+  if (reserved_prefix_for(dst) != nullptr || block_prefix_for(dst) != nullptr) return true;
+  if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return false;
+  return std::any_of(closed_ports.begin(), closed_ports.end(), [&](const PortRange& r) { return r.contains(dport); });
+}
+
+bool Guardrails::same_drops(const Guardrails& other) const {
+  return reserved == other.reserved && allow_reserved == other.allow_reserved && closed_ports == other.closed_ports &&
+         block == other.block;
 }
 
 std::vector<Prefix> default_reserved_prefixes() {

@@ -146,6 +146,12 @@ struct Guardrails {
   [[nodiscard]] const Prefix* reserved_prefix_for(const IpAddress& address) const;
   [[nodiscard]] const Prefix* allow_reserved_for(const IpAddress& address) const;
   [[nodiscard]] const Prefix* block_prefix_for(const IpAddress& address) const;
+  // Whether the guardrails drop what a VM sends to `dst` with `protocol`
+  // (IPPROTO_*) and, for TCP and UDP, destination port `dport`: a reserved
+  // destination not lifted, one on the block list, or a closed port.
+  [[nodiscard]] bool forbid(const IpAddress& dst, std::uint8_t protocol, std::uint16_t dport) const;
+  // Whether the two drop exactly the same (host addresses aside).
+  [[nodiscard]] bool same_drops(const Guardrails& other) const;
 };
 
 // The defaults an empty file yields.

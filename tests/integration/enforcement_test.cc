@@ -585,6 +585,51 @@ TEST_F(EnforcementTest, ADowngradeEndsFlowsOnlyTheOldLevelAllowed) {
   EXPECT_GE(t.drop_counter(vm + " not-allowed"), 10U);
 }
 
+// A block takes hold of the flows already going to the destination: an
+// established flow's short path does not look at the block list, so the
+// daemon ends the flows a new block names (Enforcer::end_flows_now_forbidden),
+// whether the block comes from `surrogatectl block` or a policy reload.
+TEST_F(EnforcementTest, ABlockEndsTheFlowsAlreadyGoingToTheDestination) {
+  auto& t = *topo_;
+  const std::string trusted = lab_policy(t.fingerprint(semi_key_), t.fingerprint(untrusted_key_));
+  t.write_policy(trusted);
+  ASSERT_EQ(t.ctl({"policy", "reload"}).code, 0);
+  std::string vm = allocate(untrusted_key_);
+  ASSERT_EQ(t.ctl_json({"show", vm})["trust_level"], "trusted");
+  auto quiet_for_two_seconds = [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    t.reset_sensors();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    return t.sensor(t.internet.ns);  // ~40 datagrams sent meanwhile
+  };
+  {
+    EstablishedUdpFlow flow(t, vm, t.internet.ns, t.internet.v4, 7300, 10);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    EXPECT_GT(t.sensor(t.internet.ns), 5U);  // the flow runs, replies and all
+    ASSERT_EQ(t.ctl({"block", t.internet.v4, "--reason", "complaint #13"}).code, 0);
+    EXPECT_EQ(quiet_for_two_seconds(), 0U);
+    // Unblocked, the same socket's datagrams go through again.
+    ASSERT_EQ(t.ctl({"unblock", t.internet.v4}).code, 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    EXPECT_GT(t.sensor(t.internet.ns), 5U);
+    // The policy file's block list, on reload (without the semi-trusted
+    // allowlist entry for the same address, which the check would refuse).
+    std::string blocking = trusted;
+    const std::string list = "block = [";
+    blocking.insert(blocking.find(list) + list.size(), "\"" + t.internet.v4 + "/32\", ");
+    const std::string allowed = "udp = [\"" + t.internet.v4 + ":5353\"]\n";
+    ASSERT_NE(blocking.find(allowed), std::string::npos) << blocking;
+    blocking.erase(blocking.find(allowed), allowed.size());
+    t.write_policy(blocking);
+    ASSERT_EQ(t.ctl({"policy", "reload"}).code, 0);
+    EXPECT_EQ(quiet_for_two_seconds(), 0U);
+  }
+  EXPECT_GE(t.drop_counter(vm + " blocked"), 20U);
+  const std::string log = t.daemon().log();
+  EXPECT_NE(log.find("ended 1 flow the guardrails now forbid (block list changed)"), std::string::npos) << log;
+  EXPECT_NE(log.find("ended 1 flow the guardrails now forbid (policy reloaded)"), std::string::npos) << log;
+}
+
 TEST_F(EnforcementTest, ReleaseRemovesEveryRuleOfTheVm) {
   std::string vm = allocate(untrusted_key_);
   auto& t = *topo_;

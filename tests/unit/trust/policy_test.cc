@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 
 #include "test_util.h"
 
@@ -174,6 +175,42 @@ TEST(Guardrails, AllowReservedLiftsOnlyWhatItLists) {
   // The most specific entry is named: ::1/128 rather than ::/96.
   EXPECT_EQ(*g.reserved_prefix_for(testing::ip("::1")), prefix("::1/128"));
   EXPECT_EQ(g.reserved_prefix_for(testing::ip("8.8.8.8")), nullptr);
+}
+
+// What the daemon ends when the guardrails change (an established flow's
+// short path does not look at them): what the rules drop on a first packet.
+TEST(Guardrails, ForbidIsWhatTheRulesDropOnAFlowsFirstPacket) {
+  Guardrails g;
+  g.reserved = default_reserved_prefixes();
+  g.allow_reserved = {prefix("198.51.100.0/24"), prefix("2001:db8::/32")};
+  g.closed_ports = {PortRange{25, 25}, PortRange{6660, 6669}};
+  g.block = {prefix("198.51.100.128/25"), prefix("2001:db8:b::/48")};
+  EXPECT_FALSE(g.forbid(testing::ip("198.51.100.7"), IPPROTO_TCP, 443));
+  EXPECT_TRUE(g.forbid(testing::ip("198.51.100.200"), IPPROTO_TCP, 443));  // blocked
+  EXPECT_TRUE(g.forbid(testing::ip("2001:db8:b::1"), IPPROTO_ICMPV6, 0));  // blocked, any protocol
+  EXPECT_FALSE(g.forbid(testing::ip("2001:db8:a::1"), IPPROTO_ICMPV6, 0));
+  EXPECT_TRUE(g.forbid(testing::ip("203.0.113.7"), IPPROTO_UDP, 53));   // reserved, not lifted
+  EXPECT_TRUE(g.forbid(testing::ip("198.51.100.7"), IPPROTO_TCP, 25));  // closed port
+  EXPECT_TRUE(g.forbid(testing::ip("198.51.100.7"), IPPROTO_UDP, 6665));
+  EXPECT_FALSE(g.forbid(testing::ip("198.51.100.7"), IPPROTO_ICMP, 25));  // ports are TCP's and UDP's
+  EXPECT_FALSE(g.forbid(testing::ip("198.51.100.7"), IPPROTO_TCP, 6670));
+}
+
+TEST(Guardrails, SameDropsComparesWhatTheRulesDropNotTheHostsAddresses) {
+  Guardrails a;
+  a.reserved = default_reserved_prefixes();
+  a.block = {prefix("198.51.100.128/25")};
+  Guardrails b = a;
+  b.host_addresses = {prefix("198.51.100.1/32")};
+  EXPECT_TRUE(a.same_drops(b));
+  b.block.push_back(prefix("203.0.113.0/24"));
+  EXPECT_FALSE(a.same_drops(b));
+  b = a;
+  b.closed_ports = {PortRange{25, 25}};
+  EXPECT_FALSE(a.same_drops(b));
+  b = a;
+  b.allow_reserved = {prefix("198.51.100.0/24")};
+  EXPECT_FALSE(a.same_drops(b));
 }
 
 }  // namespace
