@@ -739,14 +739,22 @@ Chain Compiler::host_chain() const {
   return c;
 }
 
+Rule Compiler::prerouting_rule() const {
+  // (The name prefix first: a packet from the uplink costs a compare.)
+  return rule({ifname_wildcard(Field::iifname, opt_.iface_prefix), vmap(Field::iifname, "vm_pre")}, {},
+              "dispatch packets of a VM with a tunnel to its tunnel chain");
+}
+
+// Routing happens before forward: tunnel-bound packets are marked here, for
+// `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md). Only
+// while some VM has a tunnel: otherwise the hook would cost every packet
+// of every VM (and every reply) a chain for nothing.
+Chain Compiler::prerouting_chain() const {
+  return Chain{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {prerouting_rule()}};
+}
+
 std::vector<Chain> Compiler::shared_chains() const {
   std::vector<Chain> chains;
-  // Routing happens before forward: tunnel-bound packets are marked here,
-  // for `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md).
-  Chain prerouting{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {}};
-  // (The name prefix first: a packet from the uplink costs a compare.)
-  prerouting.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix), vmap(Field::iifname, "vm_pre")},
-                                  {}, "dispatch packets of a VM with a tunnel to its tunnel chain"));
   Chain forward{"forward", BaseHook{BaseHook::Hook::forward, opt_.priority, false}, {}};
   // Every packet from a VM's tap (or a tunnel device) is judged in
   // from_vm; the rules below it see only packets from elsewhere, and those
@@ -777,12 +785,21 @@ std::vector<Chain> Compiler::shared_chains() const {
   // requests (a ping flood keeps one flow), so those take the long way.
   const std::vector<Field> plain_key = {Field::iifname, Field::ether_saddr, Field::ct_mark, Field::ct_state,
                                         Field::ct_direction};
+  // IPv4 without options is one compare of the header's first byte
+  // (version 4, length 5 words: 0x45), which no IPv6 packet has, so it
+  // needs no `meta nfproto` before it: two expressions instead of five.
   for (Family f : {Family::v4, Family::v6}) {
-    const Match plain_header =
-        f == Family::v4 ? eq(Field::ip_hdrlength, u8_bytes(5)) : eq(Field::ip6_exthdr_routing, u8_bytes(0));
+    std::vector<Match> entry;
+    if (f == Family::v4) {
+      entry.push_back(eq(Field::nh_first_byte, u8_bytes(0x45)));
+    } else {
+      entry.push_back(nfproto(f));
+    }
     for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
-      from_vm.rules.push_back(admit_by_lookup(opt_.shaping, {nfproto(f), l4proto(proto), plain_header},
-                                              in_set(plain_key, "vm_plain"), go_to("vm_out_plain"),
+      std::vector<Match> m = entry;
+      m.push_back(l4proto(proto));
+      if (f == Family::v6) m.push_back(eq(Field::ip6_exthdr_routing, u8_bytes(0)));
+      from_vm.rules.push_back(admit_by_lookup(opt_.shaping, m, in_set(plain_key, "vm_plain"), go_to("vm_out_plain"),
                                               "established plain flows of a VM: the short path",
                                               "established plain flows of a VM, in its class: the short path"));
     }
@@ -814,7 +831,7 @@ std::vector<Chain> Compiler::shared_chains() const {
   input.rules.push_back(rule({ifname_wildcard(Field::iifname, opt_.iface_prefix)},
                              {Counter{}, Log{opt_.log_group, "sg? no-chain "}, drop()},
                              "fail closed: a VM interface without rules reaches nothing on the host"));
-  chains = {prerouting, forward, input, from_vm, out_chain()};
+  chains = {forward, input, from_vm, out_chain()};
   // The short path of an established plain flow: what acts on every packet
   // (the quota), then accept. Its class is the VM's default one, set on the
   // way here. The guardrails were checked on the flow's first packet; when
@@ -958,6 +975,7 @@ Ruleset Compiler::compile(const std::vector<VmNet>& vms, const std::vector<Hole>
     }
     ok.elements.insert(ok.elements.end(), p.arp_elements.begin(), p.arp_elements.end());
   }
+  if (!by_name.at("vm_pre")->elements.empty()) t.chains.insert(t.chains.begin(), prerouting_chain());
   arp.sets = {ok};
   arp.chains = {arp_in};
   return Ruleset{{t, arp}};
@@ -1034,6 +1052,13 @@ std::pair<NamedElements, NamedElements> split_dispatch(const NamedElements& all)
 
 Plan Compiler::plan_add_parts(const VmParts& p) const {
   Plan plan;
+  // A tunnel's dispatch needs the prerouting chain.
+  for (const auto& [set, e] : p.elements) {
+    if (set == "vm_pre") {
+      plan = plan_prerouting_on();
+      break;
+    }
+  }
   const std::vector<Set> decls = vm_sets();
   for (const auto& q : p.quotas) {
     Op o = table_op(Op::Kind::add_quota, opt_.table, q.name);
@@ -1155,6 +1180,28 @@ Plan Compiler::plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const 
   VmParts p;
   add_tunnel_parts(p, vm, tunnel);
   return plan_remove_parts(p);
+}
+
+Plan Compiler::plan_prerouting_on() const {
+  Plan plan;
+  Chain empty = prerouting_chain();
+  empty.rules.clear();
+  Op add = table_op(Op::Kind::add_chain, opt_.table, empty.name);
+  add.chain = std::move(empty);
+  plan.ops.push_back(std::move(add));
+  // The chain may be there already (another tunnel): its one rule afresh.
+  plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, "prerouting"));
+  Op r = table_op(Op::Kind::add_rule, opt_.table, "prerouting");
+  r.rule = prerouting_rule();
+  plan.ops.push_back(std::move(r));
+  return plan;
+}
+
+Plan Compiler::plan_prerouting_off() const {
+  Plan plan;
+  plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, "prerouting"));
+  plan.ops.push_back(table_op(Op::Kind::delete_chain, opt_.table, "prerouting"));
+  return plan;
 }
 
 Plan Compiler::plan_update_block_list() const {

@@ -133,6 +133,10 @@ class Compiler {
   // and its routes exist, removed before they go.
   [[nodiscard]] Plan plan_tunnel_up(const VmNet& vm, const TunnelNet& tunnel) const;
   [[nodiscard]] Plan plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const;
+  // The prerouting hook exists only while some VM has a tunnel: a plan that
+  // adds a tunnel's parts puts it in (idempotent), and this one takes it
+  // out, for after the last tunnel went down.
+  [[nodiscard]] Plan plan_prerouting_off() const;
   // Replaces the block list in place (abuse complaints act at once).
   [[nodiscard]] Plan plan_update_block_list() const;
 
@@ -162,6 +166,9 @@ class Compiler {
   [[nodiscard]] Plan plan_add_parts(const VmParts& p) const;
   [[nodiscard]] Plan plan_remove_parts(const VmParts& p) const;
   [[nodiscard]] std::vector<Chain> shared_chains() const;
+  [[nodiscard]] Rule prerouting_rule() const;
+  [[nodiscard]] Chain prerouting_chain() const;
+  [[nodiscard]] Plan plan_prerouting_on() const;
   [[nodiscard]] Chain out_chain() const;
   // IP options and IPv6 routing headers, on the first packet of a flow and
   // on every later one (the short path too); fragments that escaped

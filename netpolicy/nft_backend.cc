@@ -103,6 +103,7 @@ FieldSpec field_spec(Field f) {
       s.need_l4proto = IPPROTO_ICMPV6;
       break;
     case Field::icmpv6_nd_target: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 8, 16); break;
+    case Field::nh_first_byte: payload(NFT_PAYLOAD_NETWORK_HEADER, 0, 1); break;
     case Field::ct_state:
       s.source = Source::ct;
       s.key = NFT_CT_STATE;

@@ -228,6 +228,7 @@ std::string selector(Field f) {
     case Field::icmp_type: return "icmp type";
     case Field::icmpv6_type: return "icmpv6 type";
     case Field::icmpv6_nd_target: return "@th,64,128";
+    case Field::nh_first_byte: return "@nh,0,8";
     case Field::ct_state: return "ct state";
     case Field::ct_mark: return "ct mark";
     case Field::ct_direction: return "ct direction";
@@ -261,7 +262,8 @@ std::string value_text(Field f, const Bytes& v) {
     case Field::tcp_flags: return flag_names(v[0], tcp_flag_names());
     case Field::icmp_type: return icmp_type_name(v[0]);
     case Field::icmpv6_type: return icmpv6_type_name(v[0]);
-    case Field::icmpv6_nd_target: return hex_bytes(v);
+    case Field::icmpv6_nd_target:
+    case Field::nh_first_byte: return hex_bytes(v);
     case Field::ct_state: return flag_names(host_u32(v), ct_state_names());
     case Field::ct_direction: return v[0] == 0 ? "original" : "reply";
     case Field::ct_mark:

@@ -34,6 +34,7 @@ enum class Field : std::uint8_t {
   ip6_saddr,            // ip6 saddr: offset 8, 16 bytes
   ip6_daddr,            // ip6 daddr: offset 24, 16 bytes
   ip_hdrlength,         // ip hdrlength: first byte & 0x0f (in 32-bit words)
+  nh_first_byte,        // @nh,0,8: the network header's first byte, no dependency (IPv4: version . ihl)
   ip_frag_off,          // ip frag-off & 0x1fff: offset 6, 2 bytes masked
   th_dport,             // th dport: transport header offset 2, 2 bytes (tcp, udp, sctp...)
   tcp_flags,            // tcp flags: transport offset 13, 1 byte

@@ -216,6 +216,15 @@ void Tunnels::restore() {
       (void)backend_.apply(c.plan_tunnel_down(net, {r.device, static_cast<std::uint16_t>(r.mtu)}));
     }
   }
+  if (!failed.empty() && live_.empty() && policy_()) prerouting_off(netpolicy::Compiler(*policy_(), nft_));
+}
+
+void Tunnels::prerouting_off(const netpolicy::Compiler& compiler) {
+  // Its own transaction: should it fail, the tunnel is gone all the same,
+  // and an empty dispatch costs packets only a lookup.
+  if (auto st = backend_.apply(compiler.plan_prerouting_off()); !st) {
+    log::warning("nftables: the last tunnel is down, but its prerouting chain stays: " + st.error().describe());
+  }
 }
 
 Result<TunnelRecord> Tunnels::up(const VmRecord& vm, const TunnelRequest& req) {
@@ -324,6 +333,7 @@ Status Tunnels::down(const VmRecord& vm, const std::string& why) {
   }
   unbuild(it->second, addr);
   live_.erase(it);
+  if (live_.empty()) prerouting_off(compiler);
   if (auto st = store_.remove_tunnel(vm.id); !st) return st;
   log::notice("GRE tunnel of " + vm.name + " down: " + why);
   if (on_down_) on_down_(vm);

@@ -94,6 +94,8 @@ class Tunnels final : public VmObserver {
   Status build(Live& l, const VmAddresses& addr);
   // Undoes whatever of build() exists; best effort, logs what fails.
   void unbuild(Live& l, const VmAddresses& addr);
+  // After the last tunnel went down: its prerouting hook goes too.
+  void prerouting_off(const netpolicy::Compiler& compiler);
 
   StateStore& store_;
   const AddressPool& pool_;

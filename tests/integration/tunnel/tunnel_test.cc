@@ -328,6 +328,40 @@ TEST_F(TunnelTest, BadRequestsAreRefusedAndLeaveNothingBehind) {
   EXPECT_EQ(gone.code, 4) << gone.err;
 }
 
+// The prerouting hook exists only while some VM has a tunnel: it comes with
+// the first, stays while another is up, and goes with the last (a restart
+// in between rebuilds it with the recorded tunnels).
+TEST_F(TunnelTest, ThePreroutingHookComesWithTheFirstTunnelAndGoesWithTheLast) {
+  auto& t = *topo_;
+  auto hooked = [&] { return t.nft_list().find("hook prerouting") != std::string::npos; };
+  std::string a = allocate(key_);
+  std::string b = allocate(key_);
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  EXPECT_FALSE(hooked()) << t.nft_list();
+  ASSERT_EQ(t.ctl({"tunnel", "up", a}, key_).code, 0);
+  EXPECT_TRUE(hooked());
+  ASSERT_EQ(t.ctl({"tunnel", "up", b}, key_).code, 0);
+  ASSERT_EQ(t.ctl({"tunnel", "down", a}, key_).code, 0);
+  // b's dispatch is still there, and so is the hook it needs.
+  EXPECT_TRUE(hooked());
+  EXPECT_NE(t.nft_list().find("goto vm_" + b + "_pre"), std::string::npos) << t.nft_list();
+  t.daemon().stop();
+  ASSERT_TRUE(t.daemon().start()) << t.daemon().log();
+  EXPECT_TRUE(hooked());
+  EXPECT_NE(t.nft_list().find("goto vm_" + b + "_pre"), std::string::npos) << t.nft_list();
+  ASSERT_EQ(t.ctl({"tunnel", "down", b}, key_).code, 0);
+  EXPECT_FALSE(hooked()) << t.nft_list();
+  EXPECT_EQ(host_leftovers(a), "");
+  EXPECT_EQ(host_leftovers(b), "");
+  // And back with a new first one.
+  ASSERT_EQ(t.ctl({"tunnel", "up", a}, key_).code, 0);
+  EXPECT_TRUE(hooked());
+  EXPECT_EQ(t.ctl({"release", a}, key_).code, 0);
+  EXPECT_FALSE(hooked()) << t.nft_list();
+  EXPECT_EQ(t.daemon().log().find("prerouting chain stays"), std::string::npos) << t.daemon().log();
+}
+
 // Taking a tunnel down ends the flows that went through it: without that,
 // an established flow would carry on, routed straight to the internet from
 // the VM's own address.

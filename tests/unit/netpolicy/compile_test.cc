@@ -240,9 +240,9 @@ TEST(Compiler, LevelsEndAsTheyShould) {
     }
   }
   ASSERT_EQ(entries.size(), 4U);
-  const char* const heads[] = {
-      "meta nfproto ipv4 meta l4proto tcp ip hdrlength 5", "meta nfproto ipv4 meta l4proto udp ip hdrlength 5",
-      "meta nfproto ipv6 meta l4proto tcp exthdr rt missing", "meta nfproto ipv6 meta l4proto udp exthdr rt missing"};
+  const char* const heads[] = {"@nh,0,8 0x45 meta l4proto tcp", "@nh,0,8 0x45 meta l4proto udp",
+                               "meta nfproto ipv6 meta l4proto tcp exthdr rt missing",
+                               "meta nfproto ipv6 meta l4proto udp exthdr rt missing"};
   for (std::size_t i = 0; i < 4; ++i) {
     EXPECT_EQ(entries[i].rfind(std::string(heads[i]) +
                                    " meta priority set iifname . ether saddr . ct mark . ct state . ct direction "

@@ -196,7 +196,7 @@ TEST(PlanTest, ReplaceOrdersChainsBeforeQuotasBeforeSetsBeforeRules) {
   std::vector<std::string> want = {"T+", "T-", "T+", "C", "C", "C"};
   want.insert(want.end(), 2, "Q");
   want.insert(want.end(), 21, "S");
-  want.insert(want.end(), 4 + 44 + 2, "R");
+  want.insert(want.end(), 4 + 45 + 2, "R");
   want.insert(want.end(), {"T+", "T-", "T+", "C", "R", "R", "R"});
   EXPECT_EQ(kinds, want);
   EXPECT_EQ(p.ops[3].chain.base->priority, -10);

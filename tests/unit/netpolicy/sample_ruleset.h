@@ -183,6 +183,8 @@ inline Table inet_table(const std::string& name = "surrogated") {
       rule({eq(Field::ip6_daddr, addr("2001:db8::1"))}, {accept()}),
       rule({neq(Field::ip_hdrlength, u8_bytes(5))}, {Log{1, "sg3 ip-options "}, drop()}, "sg3: IP options"),
       rule({neq(Field::ip_frag_off, be16_bytes(0))}, {drop()}, "sg3: non-first fragment"),
+      rule({eq(Field::nh_first_byte, u8_bytes(0x45)), eq(Field::l4proto, u8_bytes(17))}, {accept()},
+           "IPv4 without options, no nfproto dependency"),
       rule({eq(Field::ip6_exthdr_routing, u8_bytes(1))}, {drop()}),
       rule({eq(Field::ip6_exthdr_fragment, u8_bytes(1))}, {drop()}),
       rule({eq(Field::l4proto, u8_bytes(6)), range(Field::th_dport, be16_bytes(1), be16_bytes(1023))}, {drop()}),

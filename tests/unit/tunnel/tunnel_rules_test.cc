@@ -98,6 +98,8 @@ TEST(TunnelRules, TrustedVmsKeepGreAndHaveNoTunnel) {
   }
   EXPECT_EQ(chain(rs, "vm_sg1_pre"), nullptr) << "only untrusted VMs are tunnelled";
   EXPECT_EQ(to_nft_text(rs).find("\"sgt1\""), std::string::npos);
+  // No tunnel, no prerouting hook: no packet pays for a chain with nothing to do.
+  EXPECT_EQ(chain(rs, "prerouting"), nullptr);
 }
 
 TEST(TunnelRules, ThePreroutingChainMarksOnlyWhatIsNeitherClientNorHoleAndClampsBothDirections) {
@@ -135,14 +137,32 @@ TEST(TunnelRules, UpAndDownPlansAreEachOthersInverseAndDispatchComesLastOnTheWay
   Compiler c(policy, CompileOptions{});
   TunnelNet t{"sgt1", 1476};
   auto up = c.plan_tunnel_up(vm(1, trust::TrustLevel::untrusted), t);
-  ASSERT_EQ(up.ops.size(), 4U);
+  ASSERT_EQ(up.ops.size(), 7U);
+  // First the prerouting hook, put in whether or not it is there already
+  // (another VM's tunnel): the chain, emptied, its one dispatch rule.
   EXPECT_EQ(up.ops[0].kind, Op::Kind::add_chain);
-  for (std::size_t i = 1; i < up.ops.size(); ++i) EXPECT_EQ(up.ops[i].kind, Op::Kind::add_elements);
+  EXPECT_EQ(up.ops[0].chain.name, "prerouting");
+  ASSERT_TRUE(up.ops[0].chain.base.has_value());
+  EXPECT_EQ(up.ops[0].chain.base->hook, BaseHook::Hook::prerouting);
+  EXPECT_TRUE(up.ops[0].chain.rules.empty());
+  EXPECT_EQ(up.ops[1].kind, Op::Kind::flush_chain);
+  EXPECT_EQ(up.ops[1].name, "prerouting");
+  EXPECT_EQ(up.ops[2].kind, Op::Kind::add_rule);
+  EXPECT_EQ(to_nft_text(up.ops[2].rule).rfind("iifname \"sg*\" iifname vmap @vm_pre", 0), 0U);
+  EXPECT_EQ(up.ops[3].kind, Op::Kind::add_chain);
+  EXPECT_EQ(up.ops[3].chain.name, "vm_sg1_pre");
+  for (std::size_t i = 4; i < up.ops.size(); ++i) EXPECT_EQ(up.ops[i].kind, Op::Kind::add_elements);
   auto down = c.plan_tunnel_down(vm(1, trust::TrustLevel::untrusted), t);
   ASSERT_EQ(down.ops.size(), 5U);
   for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(down.ops[i].kind, Op::Kind::delete_elements);
   EXPECT_EQ(down.ops[3].kind, Op::Kind::flush_chain);
   EXPECT_EQ(down.ops[4].kind, Op::Kind::delete_chain);
+  // The hook itself goes after the last tunnel (Tunnels::down), on its own.
+  auto off = c.plan_prerouting_off();
+  ASSERT_EQ(off.ops.size(), 2U);
+  EXPECT_EQ(off.ops[0].kind, Op::Kind::flush_chain);
+  EXPECT_EQ(off.ops[1].kind, Op::Kind::delete_chain);
+  EXPECT_EQ(off.ops[1].name, "prerouting");
   // Removing the VM with its tunnel up also removes the tunnel's pieces.
   Compiler with(policy, with_tunnel("sg1"));
   std::string rm = to_nft_text(with.plan_remove_vm(vm(1, trust::TrustLevel::untrusted)));
