@@ -119,10 +119,10 @@ Status Enforcer::install_all(std::shared_ptr<const trust::Policy> policy) {
   netpolicy::Compiler compiler(*policy, opt_);
   auto rs = compiler.compile(list, holes_of(0), now_unix());
   if (auto st = apply(netpolicy::plan_replace(rs)); !st) return st;
-  const auto before = std::move(policy_);
+  const auto previous = std::move(policy_);
   policy_ = std::move(policy);
-  end_flows_now_forbidden(before ? &before->guardrails : nullptr, policy_->guardrails,
-                          before ? "policy reloaded" : "rules installed");
+  end_flows_now_forbidden(previous ? &previous->guardrails : nullptr, policy_->guardrails,
+                          previous ? "policy reloaded" : "rules installed");
   // A VM whose level changed: its established flows meet the new rules.
   for (const auto& [name, net] : nets) {
     auto before = installed_.find(name);
@@ -247,9 +247,9 @@ void Enforcer::holes_closed(const VmRecord& vm) {
 Status Enforcer::update_block_list(std::shared_ptr<const trust::Policy> policy) {
   netpolicy::Compiler compiler(*policy, opt_);
   if (auto st = apply(compiler.plan_update_block_list()); !st) return st;
-  const auto before = std::move(policy_);
+  const auto previous = std::move(policy_);
   policy_ = std::move(policy);
-  end_flows_now_forbidden(before ? &before->guardrails : nullptr, policy_->guardrails, "block list changed");
+  end_flows_now_forbidden(previous ? &previous->guardrails : nullptr, policy_->guardrails, "block list changed");
   return {};
 }
 
