@@ -10,6 +10,8 @@ namespace {
 
 constexpr std::uint8_t kNfprotoIpv4 = 2;
 constexpr std::uint8_t kNfprotoIpv6 = 10;
+// The base chain of tunnel dispatch, there only while some VM has a tunnel.
+const char* const kPreroutingChain = "prerouting";
 
 using trust::TrustLevel;
 
@@ -739,18 +741,16 @@ Chain Compiler::host_chain() const {
   return c;
 }
 
-Rule Compiler::prerouting_rule() const {
-  // (The name prefix first: a packet from the uplink costs a compare.)
-  return rule({ifname_wildcard(Field::iifname, opt_.iface_prefix), vmap(Field::iifname, "vm_pre")}, {},
-              "dispatch packets of a VM with a tunnel to its tunnel chain");
-}
-
 // Routing happens before forward: tunnel-bound packets are marked here, for
 // `ip rule fwmark`, by the chain of the VM's tunnel (docs/tunnel.md). Only
 // while some VM has a tunnel: otherwise the hook would cost every packet
 // of every VM (and every reply) a chain for nothing.
 Chain Compiler::prerouting_chain() const {
-  return Chain{"prerouting", BaseHook{BaseHook::Hook::prerouting, opt_.priority, false}, {prerouting_rule()}};
+  // (The name prefix first: a packet from the uplink costs a compare.)
+  return Chain{kPreroutingChain,
+               BaseHook{BaseHook::Hook::prerouting, opt_.priority, false},
+               {rule({ifname_wildcard(Field::iifname, opt_.iface_prefix), vmap(Field::iifname, "vm_pre")}, {},
+                     "dispatch packets of a VM with a tunnel to its tunnel chain")}};
 }
 
 std::vector<Chain> Compiler::shared_chains() const {
@@ -789,15 +789,8 @@ std::vector<Chain> Compiler::shared_chains() const {
   // (version 4, length 5 words: 0x45), which no IPv6 packet has, so it
   // needs no `meta nfproto` before it: two expressions instead of five.
   for (Family f : {Family::v4, Family::v6}) {
-    std::vector<Match> entry;
-    if (f == Family::v4) {
-      entry.push_back(eq(Field::nh_first_byte, u8_bytes(0x45)));
-    } else {
-      entry.push_back(nfproto(f));
-    }
     for (std::uint8_t proto : {static_cast<std::uint8_t>(IPPROTO_TCP), static_cast<std::uint8_t>(IPPROTO_UDP)}) {
-      std::vector<Match> m = entry;
-      m.push_back(l4proto(proto));
+      std::vector<Match> m = {f == Family::v4 ? eq(Field::nh_first_byte, u8_bytes(0x45)) : nfproto(f), l4proto(proto)};
       if (f == Family::v6) m.push_back(eq(Field::ip6_exthdr_routing, u8_bytes(0)));
       from_vm.rules.push_back(admit_by_lookup(opt_.shaping, m, in_set(plain_key, "vm_plain"), go_to("vm_out_plain"),
                                               "established plain flows of a VM: the short path",
@@ -1053,11 +1046,8 @@ std::pair<NamedElements, NamedElements> split_dispatch(const NamedElements& all)
 Plan Compiler::plan_add_parts(const VmParts& p) const {
   Plan plan;
   // A tunnel's dispatch needs the prerouting chain.
-  for (const auto& [set, e] : p.elements) {
-    if (set == "vm_pre") {
-      plan = plan_prerouting_on();
-      break;
-    }
+  if (std::any_of(p.elements.begin(), p.elements.end(), [](const auto& el) { return el.first == "vm_pre"; })) {
+    plan = plan_prerouting_on();
   }
   const std::vector<Set> decls = vm_sets();
   for (const auto& q : p.quotas) {
@@ -1184,23 +1174,23 @@ Plan Compiler::plan_tunnel_down(const VmNet& vm, const TunnelNet& tunnel) const 
 
 Plan Compiler::plan_prerouting_on() const {
   Plan plan;
-  Chain empty = prerouting_chain();
-  empty.rules.clear();
-  Op add = table_op(Op::Kind::add_chain, opt_.table, empty.name);
-  add.chain = std::move(empty);
+  Chain chain = prerouting_chain();
+  Op r = table_op(Op::Kind::add_rule, opt_.table, chain.name);
+  r.rule = std::move(chain.rules.at(0));
+  chain.rules.clear();
+  Op add = table_op(Op::Kind::add_chain, opt_.table, chain.name);
+  add.chain = std::move(chain);
   plan.ops.push_back(std::move(add));
   // The chain may be there already (another tunnel): its one rule afresh.
-  plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, "prerouting"));
-  Op r = table_op(Op::Kind::add_rule, opt_.table, "prerouting");
-  r.rule = prerouting_rule();
+  plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, r.name));
   plan.ops.push_back(std::move(r));
   return plan;
 }
 
 Plan Compiler::plan_prerouting_off() const {
   Plan plan;
-  plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, "prerouting"));
-  plan.ops.push_back(table_op(Op::Kind::delete_chain, opt_.table, "prerouting"));
+  plan.ops.push_back(table_op(Op::Kind::flush_chain, opt_.table, kPreroutingChain));
+  plan.ops.push_back(table_op(Op::Kind::delete_chain, opt_.table, kPreroutingChain));
   return plan;
 }
 

@@ -166,13 +166,11 @@ class Compiler {
   [[nodiscard]] Plan plan_add_parts(const VmParts& p) const;
   [[nodiscard]] Plan plan_remove_parts(const VmParts& p) const;
   [[nodiscard]] std::vector<Chain> shared_chains() const;
-  [[nodiscard]] Rule prerouting_rule() const;
   [[nodiscard]] Chain prerouting_chain() const;
   [[nodiscard]] Plan plan_prerouting_on() const;
   [[nodiscard]] Chain out_chain() const;
-  // IP options and IPv6 routing headers, on the first packet of a flow and
-  // on every later one (the short path too); fragments that escaped
-  // reassembly too unless `tracked` (conntrack defragments what it tracks).
+  // Fragments that escaped reassembly, IP options and IPv6 routing headers
+  // (vm_out; the short path's entry rules let no such packet in).
   [[nodiscard]] std::vector<Rule> evil_packet_rules() const;
   [[nodiscard]] Chain level_chain(trust::TrustLevel level) const;
   [[nodiscard]] Chain in_chain() const;

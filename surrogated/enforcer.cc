@@ -22,18 +22,21 @@ Result<std::unique_ptr<Enforcer>> Enforcer::open(StateStore& store, const Addres
       new Enforcer(store, pool, std::move(options), std::move(*backend), std::move(*monitor), std::move(*flusher)));
 }
 
-void Enforcer::end_flows(const netpolicy::FlowSelector& s, const std::string& why) {
-  auto ended = flusher_.end_flows(s);
+void Enforcer::count_ended(const Result<std::size_t>& ended, const std::string& which, const std::string& why) {
   if (!ended) {
-    log::error("conntrack: could not end flows of VM " + std::to_string(s.vm_id) + " (" + why +
-               "): " + ended.error().describe() + "; its established connections keep what they had until they end");
+    log::error("conntrack: could not end the flows " + which + " (" + why + "): " + ended.error().describe() +
+               "; their established connections keep what they had until they end");
     return;
   }
   flows_ended_ += *ended;
   if (*ended > 0) {
-    log::info("conntrack: ended " + std::to_string(*ended) + (*ended == 1 ? " flow" : " flows") + " of VM " +
-              std::to_string(s.vm_id) + " (" + why + ")");
+    log::info("conntrack: ended " + std::to_string(*ended) + (*ended == 1 ? " flow " : " flows ") + which + " (" + why +
+              ")");
   }
+}
+
+void Enforcer::end_flows(const netpolicy::FlowSelector& s, const std::string& why) {
+  count_ended(flusher_.end_flows(s), "of VM " + std::to_string(s.vm_id), why);
 }
 
 void Enforcer::end_flows_now_forbidden(const trust::Guardrails* before, const trust::Guardrails& now,
@@ -42,16 +45,7 @@ void Enforcer::end_flows_now_forbidden(const trust::Guardrails* before, const tr
   auto ended = flusher_.end_flows_of_all_vms([&](const netpolicy::FlowEvent& f) {
     return now.forbid(f.dst, f.proto, f.dport) && (before == nullptr || !before->forbid(f.dst, f.proto, f.dport));
   });
-  if (!ended) {
-    log::error("conntrack: could not end the flows the guardrails now forbid (" + why +
-               "): " + ended.error().describe() + "; they keep what they had until they end");
-    return;
-  }
-  flows_ended_ += *ended;
-  if (*ended > 0) {
-    log::info("conntrack: ended " + std::to_string(*ended) + (*ended == 1 ? " flow" : " flows") +
-              " the guardrails now forbid (" + why + ")");
-  }
+  count_ended(ended, "the guardrails now forbid", why);
 }
 
 Status Enforcer::apply(const netpolicy::Plan& plan) {

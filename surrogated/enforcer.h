@@ -111,6 +111,9 @@ class Enforcer final : public VmObserver, public EventSource {
   HoleShaping hole_shaping_;
   // backend_.apply(), timed into apply_latency_.
   Status apply(const netpolicy::Plan& plan);
+  // Counts and logs what an end_flows call of the flusher did; `which`
+  // names the flows ("of VM 7").
+  void count_ended(const Result<std::size_t>& ended, const std::string& which, const std::string& why);
 };
 
 }  // namespace sg
