@@ -180,8 +180,7 @@ std::pair<double, double> median_interval(const std::vector<double>& v) {
     for (double& x : sample) x = v[pick(rng)];
     medians.push_back(median(sample));
   }
-  std::sort(medians.begin(), medians.end());
-  return {medians[medians.size() * 5 / 100], medians[medians.size() * 95 / 100]};
+  return {percentile(medians, 0.05), percentile(medians, 0.95)};
 }
 
 Stats stats_of(const std::vector<double>& ms) {

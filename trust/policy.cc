@@ -271,7 +271,7 @@ const Prefix* Guardrails::block_prefix_for(const IpAddress& address) const {
 bool Guardrails::forbid(const IpAddress& dst, std::uint8_t protocol, std::uint16_t dport) const {
   if (reserved_prefix_for(dst) != nullptr || block_prefix_for(dst) != nullptr) return true;
   if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return false;
-  return std::any_of(closed_ports.begin(), closed_ports.end(), [&](const PortRange& r) { return r.contains(dport); });
+  return ports_contain(closed_ports, dport);
 }
 
 bool Guardrails::same_drops(const Guardrails& other) const {
